@@ -1,0 +1,240 @@
+"""Dataset sources for the input pipeline: TFDS datasets, a folder of images, the embedded digits.
+
+`data_config.dataset` selects the source:
+- a TFDS name (default 'imagenet2012'): any image-classification dataset with an 'image' (Image)
+  and a 'label' (ClassLabel) feature, prepared beforehand in `data_dir` (None: the TFDS default,
+  ~/tensorflow_datasets or $TFDS_DATA_DIR; gs:// paths work). Nothing is ever downloaded here.
+  Splits accept TFDS slicing, e.g. train_split='train[:99%]', eval_split='train[99%:]'.
+- 'image_folder': the user's own images (JPEG, PNG, BMP or GIF; any size; grayscale is fine)
+  under `data_dir`, in one of two layouts:
+    data_dir/<train_split>/<class>/<image>, data_dir/<eval_split>/<class>/<image>
+      (e.g. train/ and validation/); the classes are the train split's subfolders, sorted;
+    data_dir/<class>/<image>: one pool; a fixed stratified hold-out of each class
+      (`folder_holdout_fraction`, chosen by a seeded shuffle of the sorted paths) is eval_split
+      and the rest is train_split.
+  Files are read at run time; nothing is converted or written.
+- 'digits': scikit-learn's `load_digits` (1797 8x8 grayscale images of 10 digits, shipped inside
+  the scikit-learn wheel), built once into `data_dir` as the TFDS dataset 'sklearn_digits' with a
+  fixed stratified split: 'train' 1497 and 'test' 300 images (set eval_split='test').
+
+A source hands the pipeline one process's shard of a split (`open_split`) as (key, label) records in
+a fixed order, where key is the encoded image (TFDS) or the image's path (folder); nothing is decoded,
+so the pipeline can shuffle and skip records before the expensive work.
+"""
+import functools
+import os
+from typing import Callable, List, NamedTuple, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+IMAGE_FOLDER = 'image_folder'
+DIGITS = 'digits'
+_DIGITS_TFDS_NAME = 'sklearn_digits'
+_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+_IMAGENET_HELP = (
+    'ImageNet cannot be downloaded automatically. Download ILSVRC2012_img_train.tar and '
+    'ILSVRC2012_img_val.tar (https://image-net.org/download-images.php) into {manual}, then run '
+    '`tfds build imagenet2012 --data_dir={root}` (or in Python: tfds.builder("imagenet2012", '
+    'data_dir="{root}").download_and_prepare()) and set config.data.data_dir="{root}".')
+
+
+class DatasetInfo(NamedTuple):
+  """What the trainer needs to know about a dataset; example counts are per whole split."""
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+
+
+class SplitSource(NamedTuple):
+  """One process's shard of a split, undecoded.
+
+  dataset: records (key: tf.string scalar, label: tf.int64 scalar), same order on every call.
+  read: key -> encoded image bytes (tf.string); usable inside `tf.data` maps.
+  shard_sizes: the number of records of every process's shard (index = process index).
+  """
+  dataset: tf.data.Dataset
+  read: Callable[[tf.Tensor], tf.Tensor]
+  shard_sizes: Tuple[int, ...]
+
+
+class SklearnDigits(tfds.core.GeneratorBasedBuilder):
+  """scikit-learn's 8x8 digits as a TFDS dataset: 'train' 1497 and 'test' 300 images.
+
+  The split is stratified by class and fixed (`train_test_split(..., random_state=0)`); pixel
+  values 0..16 are scaled to uint8 0..255 (round(v * 255 / 16)). Built from the installed wheel: no
+  download.
+  """
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'load_digits with a stratified 1497/300 split (random_state=0).'}
+  NUM_TEST = 300
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description='sklearn.datasets.load_digits: 8x8 handwritten digits (UCI optdigits).',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(8, 8, 1)),
+            'label': tfds.features.ClassLabel(num_classes=10),
+        }),
+        supervised_keys=('image', 'label'))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    from sklearn import datasets as sk_datasets, model_selection  # pylint: disable=g-import-not-at-top
+    digits = sk_datasets.load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    train, test = model_selection.train_test_split(
+        np.arange(len(images)), test_size=self.NUM_TEST, stratify=digits.target, random_state=0)
+    return {'train': self._generate_examples(images, digits.target, train),
+            'test': self._generate_examples(images, digits.target, test)}
+
+  def _generate_examples(self, images, labels, indices):
+    for i in indices:
+      yield int(i), {'image': images[i], 'label': int(labels[i])}
+
+
+def _even_shard_sizes(n: int, count: int) -> List[int]:
+  """Sizes of `tfds.even_splits(split, count)` for a split of n examples (the first get the rest)."""
+  return [n // count + (1 if i < n % count else 0) for i in range(count)]
+
+
+def _tfds_builder(data_config) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder of `data_config.dataset`; builds 'digits' on first use."""
+  name = _DIGITS_TFDS_NAME if data_config.dataset == DIGITS else data_config.dataset
+  try:
+    builder = tfds.builder(name, data_dir=data_config.data_dir)
+  except tfds.core.DatasetNotFoundError as e:
+    raise ValueError(
+        f'Unknown dataset {name!r}: not a TFDS dataset nor found in data_dir='
+        f'{data_config.data_dir!r}. Use a TFDS name, {IMAGE_FOLDER!r} or {DIGITS!r}.') from e
+  if not builder.is_prepared() and data_config.dataset == DIGITS:
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except OSError:
+      if not builder.is_prepared():  # Not a race lost to another process building it too.
+        raise
+    builder = tfds.builder(name, data_dir=data_config.data_dir)
+  if not builder.is_prepared():
+    root = os.fspath(builder.data_dir_root)
+    how = (_IMAGENET_HELP.format(manual=os.path.join(root, 'downloads', 'manual'), root=root)
+           if name == 'imagenet2012' else
+           f'Prepare it first, e.g. `tfds build {name} --data_dir={root}`, then set '
+           f'config.data.data_dir="{root}".')
+    raise FileNotFoundError(
+        f'TFDS dataset {name!r} is not prepared in data_dir={root} (looked for '
+        f'{builder.data_dir}). {how}')
+  features = builder.info.features
+  image, label = (features[k] if k in features.keys() else None for k in ('image', 'label'))
+  if not (isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)):
+    raise ValueError(f'Dataset {name!r} needs an Image "image" and a ClassLabel "label" feature; '
+                     f'it has {features}.')
+  return builder
+
+
+def _tfds_num_examples(builder, split) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError) as e:
+    raise ValueError(f'Split {split!r} is not valid for dataset {builder.name!r}, whose splits are '
+                     f'{list(builder.info.splits)}: {e}') from e
+
+
+def _image_files(folder: str, classes: Tuple[str, ...]) -> Tuple[List[str], List[int]]:
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    if not tf.io.gfile.isdir(os.path.join(folder, name)):
+      continue  # An eval split may lack some classes.
+    names = sorted(f for f in tf.io.gfile.listdir(os.path.join(folder, name))
+                   if f.lower().endswith(_IMAGE_EXTENSIONS))
+    paths += [os.path.join(folder, name, f) for f in names]
+    labels += [label] * len(names)
+  return paths, labels
+
+
+def _subfolders(folder: str) -> Tuple[str, ...]:
+  return tuple(sorted(f.rstrip('/') for f in tf.io.gfile.listdir(folder)
+                      if tf.io.gfile.isdir(os.path.join(folder, f))))
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_split(root: str, split: str, train_split: str, eval_split: str,
+                  holdout: float) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray]:
+  """(classes, paths, labels) of a split of an image folder, in a fixed, class-mixed order."""
+  if split not in (train_split, eval_split):
+    raise ValueError(f'Split {split!r} of image_folder {root} must be train_split {train_split!r} '
+                     f'or eval_split {eval_split!r}.')
+  if not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f'image_folder data_dir {root!r} is not a folder.')
+  if tf.io.gfile.isdir(os.path.join(root, train_split)):
+    classes = _subfolders(os.path.join(root, train_split))
+    if not classes:
+      raise ValueError(f'{os.path.join(root, train_split)} has no class subfolders.')
+    if split == eval_split:
+      unknown = set(_subfolders(os.path.join(root, eval_split))) - set(classes)
+      if unknown:
+        raise ValueError(f'Classes {sorted(unknown)} of {os.path.join(root, eval_split)} are '
+                         f'not in {os.path.join(root, train_split)}.')
+    paths, labels = _image_files(os.path.join(root, split), classes)
+  else:
+    classes = _subfolders(root)
+    paths, labels = _image_files(root, classes)
+    rng = np.random.default_rng(0)
+    held_out = np.zeros(len(paths), bool)
+    for label in range(len(classes)):
+      members = np.flatnonzero(np.asarray(labels) == label)
+      held_out[rng.permutation(members)[:int(round(holdout * len(members)))]] = True
+    keep = held_out if split == eval_split else ~held_out
+    paths = [p for p, k in zip(paths, keep) if k]
+    labels = [l for l, k in zip(labels, keep) if k]
+  if not paths:
+    raise ValueError(f'No {"/".join(_IMAGE_EXTENSIONS)} images for split {split!r} in {root} '
+                     f'(classes: {list(classes)}).')
+  order = np.random.default_rng(1).permutation(len(paths))  # Mix classes across process shards.
+  return classes, np.asarray(paths)[order], np.asarray(labels, np.int64)[order]
+
+
+def _folder_args(data_config, split):
+  if not data_config.data_dir:
+    raise ValueError(f'dataset={IMAGE_FOLDER!r} needs data_dir (a folder of class subfolders).')
+  return (os.fspath(data_config.data_dir), split, data_config.train_split,
+          data_config.eval_split, float(data_config.folder_holdout_fraction))
+
+
+def get_dataset_info(data_config) -> DatasetInfo:
+  """Classes and split sizes of the configured dataset (builds 'digits' on first use).
+
+  Raises FileNotFoundError within seconds, saying where it looked and how to prepare the data, if
+  a TFDS dataset is not prepared (it never downloads); ValueError for unknown datasets or splits.
+  """
+  if data_config.dataset == IMAGE_FOLDER:
+    classes, train, _ = _folder_split(*_folder_args(data_config, data_config.train_split))
+    _, evals, _ = _folder_split(*_folder_args(data_config, data_config.eval_split))
+    return DatasetInfo(len(classes), len(train), len(evals))
+  builder = _tfds_builder(data_config)
+  return DatasetInfo(builder.info.features['label'].num_classes,
+                     _tfds_num_examples(builder, data_config.train_split),
+                     _tfds_num_examples(builder, data_config.eval_split))
+
+
+def open_split(data_config, split: str, process_index: int, process_count: int) -> SplitSource:
+  """This process's contiguous shard of `split` (as `tfds.even_splits`: sizes differ by <= 1)."""
+  if data_config.dataset == IMAGE_FOLDER:
+    _, paths, labels = _folder_split(*_folder_args(data_config, split))
+    sizes = _even_shard_sizes(len(paths), process_count)
+    start = sum(sizes[:process_index])
+    shard = slice(start, start + sizes[process_index])
+    dataset = tf.data.Dataset.from_tensor_slices((paths[shard], labels[shard]))
+    return SplitSource(dataset, tf.io.read_file, tuple(sizes))
+  builder = _tfds_builder(data_config)
+  _tfds_num_examples(builder, split)
+  shards = tfds.even_splits(split, process_count)
+  dataset = builder.as_dataset(
+      split=shards[process_index], shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(try_autocache=False))
+  dataset = dataset.map(lambda ex: (ex['image'], ex['label']))
+  sizes = tuple(builder.info.splits[s].num_examples for s in shards)
+  return SplitSource(dataset, tf.identity, sizes)

@@ -1,0 +1,200 @@
+"""The training loop around the pure steps: data, logging, evaluation, checkpoints, preemption.
+
+`train_and_evaluate(config, workdir)` is what `main.py` calls. It resumes from the newest good
+checkpoint in `workdir` (the data position follows from the restored step: the input pipeline
+is deterministic), evaluates raw and EMA weights, and stops cleanly on SIGTERM or orbax's
+preemption notice after writing a checkpoint of the current step.
+"""
+import signal
+import threading
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from mnv3_jax import checkpointing, input_pipeline, optim, sharding, steps, validation
+from mnv3_jax.model import MobileNetV3
+
+
+def resolve_dtype(name: str) -> str:
+  """'auto' -> bfloat16 on accelerators, float32 on CPU."""
+  if name == 'auto':
+    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return name
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> MobileNetV3:
+  """The validated MobileNetV3 of `config.model` (dtype 'auto' resolved for this backend)."""
+  options = model_config.to_dict()
+  options['dtype'] = resolve_dtype(options['dtype'])
+  return MobileNetV3(**options)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """(schedule, tx): the recipe's learning-rate schedule and RMSProp+L2 chain."""
+  o = config.optim
+  schedule = optim.learning_rate_schedule(
+      base_learning_rate=o.base_learning_rate, base_batch_size=o.base_batch_size,
+      batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+      warmup_epochs=o.warmup_epochs, warmup_init_fraction=o.warmup_init_fraction,
+      decay_rate=o.decay_rate, decay_epochs=o.decay_epochs, staircase=o.staircase)
+  tx = optim.create_optimizer(learning_rate=schedule, rmsprop_decay=o.rmsprop_decay,
+                              momentum=o.momentum, epsilon=o.epsilon,
+                              weight_decay=o.weight_decay, initial_scale=o.initial_scale)
+  return schedule, tx
+
+
+def abstract_train_state(init_fn, mesh) -> steps.TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings, without computing it."""
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+      abstract)
+
+
+def evaluate(eval_fn, params, batch_stats, data_config, config, mesh) -> dict:
+  """One pass over the eval split: {'loss', 'top1', 'top5', 'count'} over real examples only."""
+  batches = input_pipeline.eval_iterator(
+      data_config, global_batch_size=config.batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  total = None
+  for batch in sharding.prefetch_to_mesh(batches, mesh):
+    metrics = eval_fn(params, batch_stats, batch)
+    total = metrics if total is None else total.merge(metrics)
+  out = {k: float(v) for k, v in total.compute().items()}
+  out['count'] = int(total.top1.count)
+  return out
+
+
+def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
+  """Raises FloatingPointError naming the step and the first non-finite metric."""
+  for name, value in jax.device_get(metrics.compute()).items():
+    if not np.isfinite(value):
+      raise FloatingPointError(
+          f'Non-finite {name} = {value} at step {step}; training stopped. The last checkpoint '
+          'written before this step is intact.')
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop polls at step boundaries (main thread only)."""
+
+  def __init__(self):
+    self.raised = False
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM received: checkpointing at the end of this step.')
+    self.raised = True
+
+  def restore(self):
+    if hasattr(self, '_previous'):
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
+  """Trains `config` in `workdir` to `num_epochs`, resuming if checkpoints exist.
+
+  Returns the last evaluation's metrics ({'top1', 'ema_top1', ...}), or None if stopped early.
+  """
+  mesh = sharding.make_mesh()
+  info = validation.check_config(config, workdir, mesh)
+  model = build_model(config.model)
+  steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else max(1, int(config.num_epochs * steps_per_epoch)))
+  schedule, tx = build_optimizer(config, steps_per_epoch)
+  init_fn, train_fn, eval_fn = steps.jit_steps(model, tx, schedule, config, mesh)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  ckpt = checkpointing.Checkpointer(
+      workdir, save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
+      keep_best=config.keep_best, best_metric='ema_top1')
+  checkpointing.save_config(workdir, config)
+
+  state, start_step = ckpt.restore(abstract_train_state(init_fn, mesh))
+  if state is None:
+    state, start_step = init_fn(jax.random.key(config.seed)), 0
+    writer.write_hparams(_flat_hparams(config))
+    parameter_overview.log_parameter_overview(state.params)
+  logging.info('Training %d steps (%d per epoch) from step %d; global batch %d on %d devices.',
+               total_steps, steps_per_epoch, start_step, config.batch_size, mesh.devices.size)
+
+  train_batches = input_pipeline.train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
+  if jax.process_index() == 0 and config.profile_first_step >= 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir,
+                                          first_profile=config.profile_first_step))
+  sigterm = _SigtermFlag()
+  eval_metrics, accumulated, previous = None, None, None
+  try:
+    batches = sharding.prefetch_to_mesh(train_batches, mesh)
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = train_fn(state, next(batches))
+      if previous is not None:
+        check_finite(*previous)       # one step behind: keeps the dispatch queue full
+      previous = (step, metrics)
+      accumulated = metrics if accumulated is None else accumulated.merge(metrics)
+      for hook in hooks:
+        hook(step)
+      last = step == total_steps
+      if step % config.log_every_steps == 0 or last:
+        check_finite(step, metrics)
+        writer.write_scalars(step, {f'train_{k}': v for k, v in accumulated.compute().items()})
+        accumulated = None
+      if step % config.eval_every_steps == 0 or last:
+        check_finite(step, metrics)
+        eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
+        writer.write_scalars(step, eval_metrics)
+        ckpt.save_best(step, state, eval_metrics)
+      stop = sigterm.raised or ckpt.reached_preemption(step)
+      if step % config.checkpoint_every_steps == 0 or last or stop:
+        check_finite(step, metrics)
+        ckpt.save(step, state, force=last or stop)
+      if stop:
+        logging.warning('Stopping at step %d after a preemption notice; rerun to resume.', step)
+        eval_metrics = None
+        break
+    if start_step >= total_steps:
+      logging.info('Checkpoint at step %d already finished training (%d steps).', start_step,
+                   total_steps)
+      eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
+  finally:
+    sigterm.restore()
+    ckpt.wait_until_finished()
+    ckpt.close()
+    writer.flush()
+  return eval_metrics
+
+
+def _evaluate_both(eval_fn, state, config, mesh) -> dict:
+  """Evaluates the raw and the EMA weights: {'top1', ..., 'ema_top1', ...}."""
+  raw = evaluate(eval_fn, state.params, state.batch_stats, config.data, config, mesh)
+  ema = evaluate(eval_fn, state.ema_params, state.ema_batch_stats, config.data, config, mesh)
+  logging.info('Eval at step %d: top1 %.4f, EMA top1 %.4f over %d examples.',
+               int(state.step), raw['top1'], ema['top1'], raw['count'])
+  return {**{f'eval_{k}': v for k, v in raw.items()},
+          **{f'ema_{k}': v for k, v in ema.items()}}
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
+  """Config as {'a.b': scalar} for TensorBoard's hparams plugin."""
+  flat = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, f'{prefix}{key}.')
+      else:
+        flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+  walk(config, '')
+  return flat
