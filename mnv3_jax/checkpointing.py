@@ -272,4 +272,4 @@ def save_config(workdir: str, config: Any) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / 'config.json.tmp'
   tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  tmp.rename(workdir / 'config.json')
+  tmp.replace(workdir / 'config.json')

@@ -87,24 +87,28 @@ def from_keras(source: Any, model: model_lib.MobileNetV3) -> Dict[str, Any]:
     source = load_keras(source, model)
   if not hasattr(source, 'layers'):
     raise ValueError(f'source must be a keras.Model or a file path; got {type(source).__name__}.')
-  expected = traverse_util.flatten_dict(
-      jax.eval_shape(lambda rng: model_lib.init_variables(model, rng), jax.random.key(0)))
-  found, unknown, mismatched = {}, [], []
+  # The tree depends on neither the input size nor the depthwise implementation: trace the
+  # cheapest (the 'shifted' one traces k*k ops per layer).
+  shapes_model = model.clone(depthwise_impl='conv')
+  expected = traverse_util.flatten_dict(jax.eval_shape(
+      lambda rng: model_lib.init_variables(shapes_model, rng, (32, 32)), jax.random.key(0)))
+  found, seen, unknown, mismatched = {}, set(), [], []
   for layer in source.layers:
     for weight in layer.weights:
       short = weight.name.split('/')[-1].split(':')[0]  # tf.keras 2 says 'conv/kernel:0'
       name = f'{layer.name}/{short}'
       path = flax_path(layer.name, short)
-      if path is None or path not in expected or path in found:
+      if path is None or path not in expected or path in seen:
         unknown.append(f'{name} {tuple(weight.shape)}')
         continue
+      seen.add(path)
       value = _to_flax_layout(path, np.asarray(weight.numpy()))
       if value.shape != expected[path].shape:
         mismatched.append(f'Keras {name} {tuple(weight.shape)} -> {"/".join(path)} has shape '
                           f'{value.shape} but the Flax model expects {expected[path].shape}')
         continue
       found[path] = jnp.asarray(value, expected[path].dtype)
-  missing = [f'{"/".join(p)} {expected[p].shape}' for p in expected if p not in found]
+  missing = [f'{"/".join(p)} {expected[p].shape}' for p in expected if p not in seen]
   if unknown or mismatched or missing:
     raise ValueError(
         f'Keras model {getattr(source, "name", "")!r} does not fit {_describe(model)}:'

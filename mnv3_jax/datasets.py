@@ -231,10 +231,14 @@ def open_split(data_config, split: str, process_index: int, process_count: int) 
   builder = _tfds_builder(data_config)
   _tfds_num_examples(builder, split)
   shards = tfds.even_splits(split, process_count)
+  sizes = tuple(builder.info.splits[s].num_examples for s in shards)
+  if not sizes[process_index]:  # More processes than examples; TFDS refuses empty reads.
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant([], tf.string),
+                                                  tf.constant([], tf.int64)))
+    return SplitSource(dataset, tf.identity, sizes)
   dataset = builder.as_dataset(
       split=shards[process_index], shuffle_files=False,
       decoders={'image': tfds.decode.SkipDecoding()},
       read_config=tfds.ReadConfig(try_autocache=False))
   dataset = dataset.map(lambda ex: (ex['image'], ex['label']))
-  sizes = tuple(builder.info.splits[s].num_examples for s in shards)
   return SplitSource(dataset, tf.identity, sizes)

@@ -4,12 +4,15 @@ Each process reads its own contiguous shard of a split (`tfds.even_splits`) and 
 of `global_batch_size // process_count` examples; images are float32 (B, S, S, 3) in [-1, 1],
 labels int32 (B,).
 
-Training is deterministic given (seed, process_index, process_count): epoch e shuffles the shard's
-records with a buffer seeded by (seed, process_index, e), and example i of the shard gets its crop and
-flip from stateless random ops keyed on (seed, process_index, e, i). So `train_iterator(start_step=k)`
-yields exactly batches k, k+1, ... of an iterator started at step 0: it starts at epoch
-k * B // shard_size and skips the rest within that epoch on undecoded records (the skip reads them,
-it does not decode them). Epochs follow each other without a gap, so a batch can span two epochs.
+Training is deterministic given (seed, process_index, process_count): epoch e reads the shard in
+its stored order (TFDS shuffles examples when it writes a dataset; image folders are listed in a
+fixed shuffled order) through a shuffle buffer seeded by (seed, process_index, e), and record i of the
+shard gets its crop and flip from stateless random ops keyed on (seed, process_index, e, i). A shard
+no bigger than the buffer is thus fully reshuffled every epoch; a bigger one (ImageNet) gets a
+different local shuffle of the same stored order. `train_iterator(start_step=k)` yields exactly
+batches k, k+1, ... of an iterator started at step 0: it starts at epoch k * B // shard_size and
+skips the rest within that epoch on undecoded records (so the skip reads, at most one epoch of the
+shard, but does not decode). Epochs follow each other without a gap: a batch can span two epochs.
 """
 from typing import Iterator
 
@@ -18,6 +21,7 @@ import tensorflow as tf
 from ml_collections import config_dict
 
 from mnv3_jax import datasets
+# Re-exported: with the iterators below, the trainer's whole API to the data.
 from mnv3_jax.datasets import DatasetInfo, get_dataset_info  # pylint: disable=unused-import
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -128,7 +132,7 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 def _to_unit_range(batch: dict) -> dict:
   """Scales a batch's images from [0, 255] to [-1, 1] (x / 127.5 - 1), once per batch."""
-  return dict(batch, image=batch['image'] * (1 / 127.5) - 1.0)
+  return dict(batch, image=batch['image'] / 127.5 - 1.0)
 
 
 def _options() -> tf.data.Options:

@@ -124,6 +124,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   logging.info('Training %d steps (%d per epoch) from step %d; global batch %d on %d devices.',
                total_steps, steps_per_epoch, start_step, config.batch_size, mesh.devices.size)
 
+  if start_step >= total_steps:
+    logging.info('The checkpoint at step %d has finished training (%d steps): nothing to do.',
+                 start_step, total_steps)
+    ckpt.close()
+    return None
+  try:
+    return _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir,
+                       mesh, writer, ckpt)
+  finally:
+    ckpt.wait_until_finished()
+    ckpt.close()
+    writer.flush()
+
+
+def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir, mesh,
+                writer, ckpt) -> Optional[dict]:
+  """Steps from `start_step` to `total_steps`; returns the last eval metrics (None if stopped)."""
   train_batches = input_pipeline.train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
@@ -161,18 +178,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
         ckpt.save(step, state, force=last or stop)
       if stop:
         logging.warning('Stopping at step %d after a preemption notice; rerun to resume.', step)
-        eval_metrics = None
-        break
-    if start_step >= total_steps:
-      logging.info('Checkpoint at step %d already finished training (%d steps).', start_step,
-                   total_steps)
-      eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
+        return None
+    return eval_metrics
   finally:
     sigterm.restore()
-    ckpt.wait_until_finished()
-    ckpt.close()
-    writer.flush()
-  return eval_metrics
 
 
 def _evaluate_both(eval_fn, state, config, mesh) -> dict:

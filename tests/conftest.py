@@ -7,6 +7,9 @@ reuse one compilation; it lives in a temp folder of this pytest session only.
 import os
 import tempfile
 
+import numpy as np
+import pytest
+
 _DEVICES = '--xla_force_host_platform_device_count=8'
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}".strip()
@@ -16,3 +19,25 @@ import jax  # pylint: disable=g-import-not-at-top
 _CACHE = tempfile.TemporaryDirectory(prefix='mnv3_jax_xla_cache_')
 jax.config.update('jax_compilation_cache_dir', _CACHE.name)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+NUM_TRAIN, NUM_EVAL = 37, 11
+_SIZES = ((40, 56), (64, 48), (33, 90))  # (height, width) of the stand-in's JPEGs.
+
+
+@pytest.fixture(scope='session')
+def imagenet_dir(tmp_path_factory):
+  """An on-disk imagenet2012 (real features, JPEGs) that plain tfds reads: train labels 0..36,
+  validation labels 0..10, one example per label."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    return [(i, {'image': rng.integers(0, 256, _SIZES[i % 3] + (3,), dtype=np.uint8), 'label': i,
+                 'file_name': f'{i}.JPEG'}) for i in range(n)]
+
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='imagenet2012', version='5.1.0', features=tfds.builder('imagenet2012').info.features,
+      split_datasets={'train': split(NUM_TRAIN), 'validation': split(NUM_EVAL)}, data_dir=data_dir,
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir

@@ -29,6 +29,10 @@ CASES = [(name, size, ('conv', 'shifted')[(i + j) % 2])
          for i, name in enumerate(CONFIGS) for j, size in enumerate((SQUARE, ODD))]
 TOLERANCE = 1e-5
 
+# Keras 3.15 saving on TF calls np.array on its Variables, which numpy 2 flags; not ours to fix.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 
 def keras_mobilenet(variant, width, minimalistic, input_shape=None, **kwargs):
   build = {'large': keras.applications.MobileNetV3Large,
@@ -106,7 +110,8 @@ def flax_logits(model, variables, x):
   return np.asarray(apply(variables, x))
 
 
-@pytest.mark.parametrize('name,size,impl', CASES)
+@pytest.mark.parametrize('name,size,impl', CASES,
+                         ids=[f'{n}-{h}x{w}-{impl}' for n, (h, w), impl in CASES])
 def test_logits_match_keras(name, size, impl):
   keras_model = random_keras(name, None if size == SQUARE else size)
   x = images(size, seed=7)
@@ -122,7 +127,7 @@ def test_logits_match_keras(name, size, impl):
 def test_variables_have_init_tree_and_keras_values():
   model = flax_model('small_1.0')
   variables = converted('small_1.0')
-  init = model_lib.init_variables(model, jax.random.key(0))
+  init = jax.eval_shape(lambda rng: model_lib.init_variables(model, rng), jax.random.key(0))
   assert jax.tree.structure(variables) == jax.tree.structure(init)
   for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(init)):
     assert got.shape == want.shape and got.dtype == want.dtype
@@ -152,7 +157,7 @@ def test_small_checkpoint_into_large_model_fails():
     convert.from_keras(random_keras('small_1.0'), flax_model('large_1.0'))
   message = str(error.value)
   assert 'expanded_conv_squeeze_excite_conv/kernel' in message  # Large's first bneck has no SE
-  assert 'params/block_14/' in message  # Small has 11 bnecks, Large 15
+  assert 'Flax leaves without a Keras weight: batch_stats/block_11/' in message  # 11 bnecks, not 15
 
 
 def test_other_width_fails_naming_layer_and_shapes():

@@ -81,8 +81,8 @@ def test_eval_counts_every_example_once(data_dir, examples, process_count):
   eval_fn = jax.jit(lambda b: steps.eval_step({}, {}, b, model=FixedLogits()))
   total, counts, labels = None, [], []
   for index in range(process_count):
-    batches = list(input_pipeline.eval_iterator(
-        config.data, global_batch_size=config.batch_size, process_index=index,
+    batches = list(input_pipeline.eval_iterator(   # 48: 48, 24, 16 per process; 8 devices each
+        config.data, global_batch_size=48, process_index=index,
         process_count=process_count))
     counts.append(len(batches))
     for batch in batches:
@@ -116,3 +116,25 @@ def _restore_params(config, workdir):
   ckpt.close()
   assert step == config.num_train_steps
   return jax.device_get(state)
+
+
+def test_end_to_end_on_imagenet_format_data(imagenet_dir, tmp_path):
+  config = tiny_config(imagenet_dir, num_train_steps=2, **{
+      'data.dataset': 'imagenet2012', 'data.eval_split': 'validation', 'data.random_flip': True,
+      'model.num_classes': 1000})
+  workdir = tmp_path / 'run'
+  metrics = train.train_and_evaluate(config, str(workdir))
+  assert metrics['eval_count'] == metrics['ema_count'] == 11
+  assert all(np.isfinite(v) for v in metrics.values())
+  assert list(workdir.glob('events.out.tfevents.*')), 'no TensorBoard event file'
+  assert (workdir / 'checkpoints' / '2').is_dir()
+  assert (workdir / 'config.json').is_file()
+
+
+def test_missing_imagenet_fails_fast_with_instructions(tmp_path):
+  config = tiny_config(tmp_path / 'empty', **{'data.dataset': 'imagenet2012',
+                                              'model.num_classes': 1000})
+  with pytest.raises(FileNotFoundError, match='manual') as error:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert str(tmp_path / 'empty') in str(error.value)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
