@@ -90,8 +90,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   metrics = TrainMetrics.single_from_model_output(
       loss=loss, top1=_topk_correct(logits, batch['label'], 1).mean(),
       top5=_topk_correct(logits, batch['label'], min(5, logits.shape[-1])).mean(),
-      learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads),
-      update_norm=optax.global_norm(updates), param_norm=optax.global_norm(params))
+      learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads),
+      update_norm=optax.tree.norm(updates), param_norm=optax.tree.norm(params))
   return new_state, metrics
 
 
