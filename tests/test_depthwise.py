@@ -17,22 +17,14 @@ FAST = ('shifted', 'native')
 # (H, W, k, stride, padding): odd and even sizes, TF "SAME" (asymmetric at stride 2 on even
 # sizes) and symmetric padding.
 CASES = [
-    (8, 8, 3, 1, 'same'), (9, 7, 3, 1, 'symmetric'), (8, 8, 3, 2, 'same'), (9, 9, 3, 2, 'same'),
-    (8, 10, 3, 2, 'symmetric'), (7, 7, 5, 1, 'same'), (8, 8, 5, 1, 'symmetric'),
-    (10, 11, 5, 2, 'same'), (9, 9, 5, 2, 'symmetric'), (8, 8, 5, 2, 'same'),
+    (8, 8, 3, 1, 'same'), (9, 7, 3, 1, 'symmetric'), (8, 8, 3, 2, 'same'),
+    (9, 10, 3, 2, 'symmetric'), (8, 8, 5, 1, 'symmetric'), (10, 11, 5, 2, 'same'),
+    (9, 9, 5, 2, 'same'),
 ]
 
 
 def _pads(h, w, k, stride, kind):
   return layers.spatial_padding((1, h, w, 1), k, stride, kind)
-
-
-def _reference(x, kernel, stride, pads, dy):
-  """lax.conv in float32 on the same (possibly bf16-rounded) values: y, dx, dk."""
-  f = lambda a, b: depthwise.depthwise_conv(a, b, stride, pads, 'conv')
-  x32, k32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
-  y, vjp = jax.vjp(f, x32, k32)
-  return (y, *vjp(dy.astype(jnp.float32)))
 
 
 def _assert_close(got, want, tol):
@@ -41,23 +33,33 @@ def _assert_close(got, want, tol):
   np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize('impl', FAST)
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
 @pytest.mark.parametrize('h,w,k,stride,padding', CASES)
-def test_matches_conv(impl, dtype, tol, h, w, k, stride, padding):
+def test_matches_conv(dtype, tol, h, w, k, stride, padding):
+  """y, dx and dk of 'shifted' and 'native' equal lax.conv's in float32 on the same values."""
   pads = _pads(h, w, k, stride, padding)
   kx, kk, kd = jax.random.split(jax.random.key(h * 100 + w * 10 + k + stride), 3)
   x = jax.random.normal(kx, (3, h, w, 20)).astype(dtype)   # 20 channels: a partial vector too
   kernel = jax.random.normal(kk, (k, k, 1, 20)).astype(dtype)
-  f = jax.jit(lambda a, b: depthwise.depthwise_conv(a, b, stride, pads, impl))
-  y, vjp = jax.vjp(f, x, kernel)
-  dy = jax.random.normal(kd, y.shape).astype(dtype)
-  dx, dk = vjp(dy)
-  assert (y.dtype, dx.dtype, dk.dtype) == (dtype, dtype, dtype)
-  assert y.shape == (3, (h + sum(pads[0]) - k) // stride + 1, (w + sum(pads[1]) - k) // stride + 1,
-                     20)
-  for got, want in zip((y, dx, dk), _reference(x, kernel, stride, pads, dy)):
-    _assert_close(got, want, tol)
+  out_shape = (3, (h + sum(pads[0]) - k) // stride + 1, (w + sum(pads[1]) - k) // stride + 1, 20)
+  dy = jax.random.normal(kd, out_shape).astype(dtype)
+
+  @jax.jit
+  def run(x, kernel, dy):
+    results = {}
+    for impl in ('conv', *FAST):
+      a, b, d = (x, kernel, dy) if impl != 'conv' else (
+          x.astype(jnp.float32), kernel.astype(jnp.float32), dy.astype(jnp.float32))
+      y, vjp = jax.vjp(lambda u, v: depthwise.depthwise_conv(u, v, stride, pads, impl), a, b)
+      results[impl] = (y, *vjp(d))
+    return results
+
+  results = run(x, kernel, dy)
+  for impl in FAST:
+    assert [r.dtype for r in results[impl]] == [dtype] * 3
+    assert results[impl][0].shape == out_shape
+    for got, want in zip(results[impl], results['conv']):
+      _assert_close(got, want, tol)
 
 
 def test_auto_picks_a_fast_cpu_impl_and_native_builds_here():
@@ -108,16 +110,17 @@ def test_batch_sharded_over_devices_matches_single_device(impl):
 
 
 def test_module_param_layout_and_model_equal_across_impls():
-  """Same params for every impl; MobileNetV3-Small logits and gradients agree with 'conv'."""
-  x = jax.random.uniform(jax.random.key(0), (2, 40, 40, 3), minval=-1, maxval=1)
+  """Same params for every impl; MobileNetV3-Small logits and parameter gradients agree with
+  'conv'. (Inference mode: in training mode BatchNorm makes some gradients ~0, e.g. a BN bias
+  followed by another BN, so their relative rounding error means nothing.)"""
+  x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
   base = model.MobileNetV3(variant='small', num_classes=10, depthwise_impl='conv')
-  variables = model.init_variables(base, jax.random.key(1), (40, 40))
+  variables = model.init_variables(base, jax.random.key(1), (32, 32))
   assert variables['params']['block_3']['depthwise']['conv']['kernel'].shape == (5, 5, 1, 96)
 
   def loss(params, impl):
     m = model.MobileNetV3(variant='small', num_classes=10, depthwise_impl=impl)
-    logits, _ = m.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                        train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(2)})
+    logits = m.apply({'params': params, 'batch_stats': variables['batch_stats']}, x)
     return jnp.sum(logits ** 2), logits
 
   results = {impl: jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(
@@ -125,7 +128,7 @@ def test_module_param_layout_and_model_equal_across_impls():
   for impl in FAST:
     _assert_close(results[impl][1], results['conv'][1], 1e-5)
     for g, w in zip(jax.tree.leaves(results[impl][0]), jax.tree.leaves(results['conv'][0])):
-      _assert_close(g, w, 1e-4)
+      _assert_close(g, w, 3e-5)
 
 
 def test_native_library_is_cached(tmp_path):

