@@ -4,6 +4,11 @@ r"""Trains and evaluates MobileNetV3.
   python main.py --config=configs/small.py:width=0.75,res=192 --workdir=DIR --config.batch_size=1024
   python main.py --config=configs/demo.py --workdir=/tmp/mnv3_demo      # embedded demo, CPU
 """
+from mnv3_jax import runtime
+
+runtime.use_tcmalloc()   # re-executes with tcmalloc preloaded, before jax allocates anything
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags

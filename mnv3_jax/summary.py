@@ -7,7 +7,7 @@ module's call: its path, kind, output shape and own variables.
 MAC convention (multiply-accumulates per image, as the paper's "MAdds"):
   - Conv / DepthwiseConv: H_out * W_out * k_h * k_w * C_in * C_out / groups, i.e. the number of
     output elements times the kernel's fan-in, prod(kernel.shape[:-1]).
-  - Dense (the 1x1 convs, the SE layers, the head): in * out * the number of positions it is
+  - Pointwise / Dense (the 1x1 convs, the SE layers, the head): in * out * the number of positions it is
     applied at (H*W for a 1x1 conv, 1 after pooling).
   - Not counted: BatchNorm, activations, pooling, the SE multiply, residual adds, biases.
 
@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mnv3_jax import depthwise, layers
+from mnv3_jax import depthwise, layers, pointwise
 from mnv3_jax import model as model_lib
 
 # Modules whose MACs are output elements x kernel fan-in; every other leaf module counts 0.
-MAC_MODULES = (nn.Conv, nn.Dense, depthwise.DepthwiseConv)
+MAC_MODULES = (nn.Conv, nn.Dense, pointwise.Pointwise, depthwise.DepthwiseConv)
 
 
 def _size(tree) -> int:
@@ -86,9 +86,10 @@ def summarize(model: nn.Module, image_size: Tuple[int, int] = (224, 224),
     return out
 
   with nn.intercept_methods(record):
+    # Traced in training mode: at inference BatchNorm folds into the next op (layers.ConvBN).
     variables = jax.eval_shape(
-        lambda rng, x: model.init(rng, x, train=False), jax.random.key(0),
-        jax.ShapeDtypeStruct(shape, jnp.float32))
+        lambda rng, x: model.init({'params': rng, 'dropout': rng}, x, train=True),
+        jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32))
   return {
       'image_size': list(image_size),
       'params': _size(variables.get('params', {})),

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs the pinned requirements into .venv (created if missing) and runs the test suite.
+# Installs the pinned requirements into .venv (created if missing) and runs the test suite,
+# with tcmalloc preloaded when it is installed (what mnv3_jax.runtime.use_tcmalloc does for
+# main.py: XLA CPU runs about 2x faster with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-exec .venv/bin/python -m pytest -q "$@"
+tcmalloc=$(.venv/bin/python -c 'from mnv3_jax import runtime; print(runtime.find_tcmalloc() or "")')
+exec env ${tcmalloc:+LD_PRELOAD="$tcmalloc"} .venv/bin/python -m pytest -q "$@"

@@ -59,8 +59,11 @@ def _compile(fn, *args):
 
 
 def _forward(model, variables, x):
-  """Eval-mode logits and the captured outputs of every module ({path: output})."""
-  fn = lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+  """Logits and the captured outputs of every module ({path: output}), in training mode (at
+  inference a layer's BatchNorm and activation move into the next op) with a fixed dropout key."""
+  fn = lambda v, x: model.apply(v, x, train=True, capture_intermediates=True,
+                                rngs={'dropout': jax.random.key(0)},
+                                mutable=['intermediates', 'batch_stats'])
   logits, state = _compile(fn, variables, x)(variables, x)
   flat = jax.tree_util.tree_flatten_with_path(state['intermediates'])[0]
   outputs = {'/'.join(k.key for k in path[:-2]): v for path, v in flat}
