@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the pinned requirements into .venv (created if missing) and runs the test suite,
 # with tcmalloc preloaded when it is installed (what mnv3_jax.runtime.use_tcmalloc does for
-# main.py: XLA CPU runs about 2x faster with it).
+# main.py: XLA CPU runs about 2x faster with it). Two pytest workers, one test file each at a
+# time: most of the suite's time is XLA compilation, which is single-threaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 tcmalloc=$(.venv/bin/python -c 'from mnv3_jax import runtime; print(runtime.find_tcmalloc() or "")')
-exec env ${tcmalloc:+LD_PRELOAD="$tcmalloc"} .venv/bin/python -m pytest -q "$@"
+exec env ${tcmalloc:+LD_PRELOAD="$tcmalloc"} .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
