@@ -3,6 +3,10 @@ r"""Trains and evaluates MobileNetV3.
   python main.py --config=configs/small.py --workdir=/tmp/mnv3_small
   python main.py --config=configs/small.py:width=0.75,res=192 --workdir=DIR --config.batch_size=1024
   python main.py --config=configs/demo.py --workdir=/tmp/mnv3_demo      # embedded demo, CPU
+
+On a TPU pod, under SLURM or with --coordinator_address/--num_processes/--process_id (or the
+MNV3_* environment variables) every process runs this same command: see launch/ and
+docs/MULTIHOST.md.
 """
 from mnv3_jax import runtime
 
@@ -13,21 +17,34 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mnv3_jax import train
+from mnv3_jax import distributed, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and config go.')
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :args.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a multi-process run '
+                    f'(or ${distributed.ENV_COORDINATOR}).')
+flags.DEFINE_integer('num_processes', None,
+                     f'Processes in a multi-process run (or ${distributed.ENV_NUM_PROCESSES}).')
+flags.DEFINE_integer('process_id', None,
+                     f'This process, 0..num_processes-1 (or ${distributed.ENV_PROCESS_ID}).')
+flags.DEFINE_integer('heartbeat_timeout_s', None,
+                     'Seconds of silence after which a process counts as dead and the others stop '
+                     f'(or ${distributed.ENV_HEARTBEAT}; default '
+                     f'{distributed.DEFAULT_HEARTBEAT_TIMEOUT_S}).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         FLAGS.heartbeat_timeout_s)   # before anything touches a device
   logging.info('JAX process %d of %d; %d local / %d global devices: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  with distributed.fail_fast():
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -6,13 +6,11 @@ MODE: train (forward + backward + RMSProp update) or infer. VARIANT: small | lar
 {"ok": true, "ms": median step ms, "img_s", "compile_s": first call (trace + compile) in s,
 "version"} or {"ok": false, "skip": why} when the framework is not installed.
 """
-import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 224
@@ -98,26 +96,11 @@ def run_keras_tf(mode, variant, batch, steps):
 
 
 def _torchvision_model(variant):
-  """torchvision's MobileNetV3 without importing torchvision's C++ ops.
-
-  PyPI's torchvision wheels are built for the CUDA torch; beside the CPU-only torch wheel their
-  ops library fails to load ('operator torchvision::nms does not exist') and so does
-  `import torchvision`. The model code itself is pure Python, so load the package's modules
-  without running its __init__.
-  """
   import torch  # pylint: disable=import-outside-toplevel
-  if 'torchvision' not in sys.modules:
-    spec = importlib.util.find_spec('torchvision')
-    if spec is None:
-      raise ImportError('torchvision is not installed')
-    pkg = types.ModuleType('torchvision')
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__spec__ = spec
-    sys.modules['torchvision'] = pkg
-  from torchvision.models import mobilenetv3  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, ROOT)
+  from mnv3_jax import torch_models  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(os.cpu_count())
-  build = mobilenetv3.mobilenet_v3_small if variant == 'small' else mobilenetv3.mobilenet_v3_large
-  return build()
+  return torch_models.torchvision_model(variant)
 
 
 def run_torch(mode, variant, batch, steps, compiled=False):

@@ -45,8 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
       depthwise_impl='auto', padding='same'))
   c.data = input_pipeline.default_data_config()
   c.batch_size = 4096            # global, over all devices and hosts
+  # Training BatchNorm statistics: 'global' (whole batch, all-reduced by XLA) or 'per_device'
+  # (each device's shard, as TF's TPU trainer); see mnv3_jax/steps.py and docs/MULTIHOST.md.
+  c.bn_stats = 'global'
   c.num_epochs = 1000.0
   c.num_train_steps = -1         # > 0 overrides num_epochs (tests, smoke runs)
+  # Start a fresh run from these weights (params and BN statistics; the optimizer starts anew):
+  # a variables checkpoint (python -m mnv3_jax.import_weights) or a training workdir. '' = none.
+  c.init_from = ''
   c.optim = ml_collections.ConfigDict(dict(
       base_learning_rate=0.01, base_batch_size=4096, warmup_epochs=5.0,
       warmup_init_fraction=0.1, decay_rate=0.99, decay_epochs=3.0, staircase=True,

@@ -98,6 +98,12 @@ def _handlers() -> ocp.handlers.CheckpointHandlerRegistry:
   return ocp.handlers.create_default_handler_registry(default=ocp.StandardCheckpointHandler())
 
 
+def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
+  # Orbax names its multi-process barriers after the step: without a prefix per manager, best/<n>
+  # and checkpoints/<n> saved together would wait on the same barrier and fail.
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f'mnv3_jax_{name}')
+
+
 class Checkpointer:
   """Orbax checkpoints of a train-state pytree under workdir: latest-N and best-K by a metric.
 
@@ -124,7 +130,8 @@ class Checkpointer:
             save_decision_policy=policies.AnySavePolicy([
                 policies.FixedIntervalPolicy(save_every_steps),
                 policies.PreemptionCheckpointingPolicy()]),
-            preservation_policy=policies.LatestN(keep)))
+            preservation_policy=policies.LatestN(keep),
+            multiprocessing_options=_barrier_prefix('latest')))
     self._best = None
     if keep_best:
       metric = lambda metrics: metrics[best_metric]
@@ -134,7 +141,8 @@ class Checkpointer:
               best_fn=metric, best_mode=best_mode,   # best_fn makes orbax store the metrics
               preservation_policy=policies.BestN(
                   get_metric_fn=metric, reverse=best_mode == 'min', n=keep_best,
-                  keep_checkpoints_without_metrics=False)))
+                  keep_checkpoints_without_metrics=False),
+              multiprocessing_options=_barrier_prefix('best')))
 
   def latest_step(self) -> Optional[int]:
     """The newest step in workdir/checkpoints (not yet verified), or None."""

@@ -65,7 +65,8 @@ def _to_flax_layout(path: Path, value: np.ndarray) -> np.ndarray:
   return value.reshape(value.shape[2:]) if value.shape[:2] == (1, 1) else value
 
 
-def _describe(model: model_lib.MobileNetV3) -> str:
+def describe(model: model_lib.MobileNetV3) -> str:
+  """The options of `model` that its weights' shapes show, for error messages."""
   return (f'MobileNetV3(variant={model.variant!r}, width={model.width}, '
           f'minimalistic={model.minimalistic}, num_classes={model.num_classes})')
 
@@ -87,34 +88,50 @@ def from_keras(source: Any, model: model_lib.MobileNetV3) -> Dict[str, Any]:
     source = load_keras(source, model)
   if not hasattr(source, 'layers'):
     raise ValueError(f'source must be a keras.Model or a file path; got {type(source).__name__}.')
+  weights = []
+  for layer in source.layers:
+    for weight in layer.weights:
+      short = weight.name.split('/')[-1].split(':')[0]  # tf.keras 2 says 'conv/kernel:0'
+      weights.append((f'{layer.name}/{short}', flax_path(layer.name, short),
+                      np.asarray(weight.numpy())))
+  return fill_leaves(weights, model, lambda value, path, shape: _to_flax_layout(path, value),
+                     source=f'Keras model {getattr(source, "name", "")!r}', kind='Keras')
+
+
+def fill_leaves(weights, model: model_lib.MobileNetV3, layout, source: str,
+                kind: str) -> Dict[str, Any]:
+  """Places named weights into `model`'s variable tree, or explains why they do not fit.
+
+  weights: (name, flax path or None if unknown, array) triples, as the source stores them.
+  layout(array, path, expected_shape) -> the array in Flax layout. source names the weights in
+  errors (e.g. "Keras model 'x'"), kind their family (e.g. 'Keras'). Returns {'params',
+  'batch_stats'} of arrays in the model's dtypes. Raises ValueError listing every weight without
+  a leaf, every leaf without a weight and every shape mismatch.
+  """
   # The tree depends on neither the input size nor the depthwise implementation: trace the
   # cheapest (the 'shifted' one traces k*k ops per layer).
   shapes_model = model.clone(depthwise_impl='conv')
   expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda rng: model_lib.init_variables(shapes_model, rng, (32, 32)), jax.random.key(0)))
-  found, seen, unknown, mismatched = {}, set(), [], []
-  for layer in source.layers:
-    for weight in layer.weights:
-      short = weight.name.split('/')[-1].split(':')[0]  # tf.keras 2 says 'conv/kernel:0'
-      name = f'{layer.name}/{short}'
-      path = flax_path(layer.name, short)
-      if path is None or path not in expected or path in seen:
-        unknown.append(f'{name} {tuple(weight.shape)}')
-        continue
-      seen.add(path)
-      value = _to_flax_layout(path, np.asarray(weight.numpy()))
-      if value.shape != expected[path].shape:
-        mismatched.append(f'Keras {name} {tuple(weight.shape)} -> {"/".join(path)} has shape '
-                          f'{value.shape} but the Flax model expects {expected[path].shape}')
-        continue
-      found[path] = jnp.asarray(value, expected[path].dtype)
-  missing = [f'{"/".join(p)} {expected[p].shape}' for p in expected if p not in seen]
+  found, claimed, unknown, mismatched = {}, set(), [], []
+  for name, path, value in weights:
+    if path is None or path not in expected or path in claimed:
+      unknown.append(f'{name} {tuple(value.shape)}')
+      continue
+    claimed.add(path)
+    converted = layout(value, path, expected[path].shape)
+    if converted.shape != expected[path].shape:
+      mismatched.append(f'{kind} {name} {tuple(value.shape)} -> {"/".join(path)} has shape '
+                        f'{converted.shape} but the Flax model expects {expected[path].shape}')
+      continue
+    found[path] = jnp.asarray(converted, expected[path].dtype)
+  missing = [f'{"/".join(p)} {expected[p].shape}' for p in expected if p not in claimed]
   if unknown or mismatched or missing:
     raise ValueError(
-        f'Keras model {getattr(source, "name", "")!r} does not fit {_describe(model)}:'
+        f'{source} does not fit {describe(model)}:'
         + (_problems('shape mismatches', mismatched) if mismatched else '')
-        + (_problems('Keras weights left unused', unknown) if unknown else '')
-        + (_problems('Flax leaves without a Keras weight', missing) if missing else ''))
+        + (_problems(f'{kind} weights left unused', unknown) if unknown else '')
+        + (_problems(f'Flax leaves without a {kind} weight', missing) if missing else ''))
   return traverse_util.unflatten_dict(found)
 
 
@@ -153,6 +170,6 @@ def load_keras(path, model: model_lib.MobileNetV3):
     try:
       keras_model.load_weights(path)
     except ValueError as e:
-      raise ValueError(f'{path!r} does not hold the Keras weights of {_describe(model)}: '
+      raise ValueError(f'{path!r} does not hold the Keras weights of {describe(model)}: '
                        f'{" ".join(str(e).split())[:400]}') from e
   return keras_model

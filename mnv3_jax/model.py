@@ -70,6 +70,11 @@ SPINDLE_RATIO = 2           # 'v2' last stage: project to 2x the last bneck (Lar
 DTYPES = ('float32', 'bfloat16')
 LAST_STAGES = ('efficient', 'v2')
 PADDINGS = ('same', 'symmetric')
+# 'none': the network sees [-1, 1] images as they come (Keras, TF, timm's tf_ ports);
+# 'imagenet': it sees (x01 - mean) / std of x01 = (x + 1) / 2 (torchvision, timm's own weights).
+INPUT_NORMS = ('none', 'imagenet')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_choice(name, value, allowed):
@@ -97,6 +102,7 @@ def validate_options(m: 'MobileNetV3') -> None:
   _check_choice('dtype', m.dtype, DTYPES)
   _check_choice('last_stage', m.last_stage, LAST_STAGES)
   _check_choice('padding', m.padding, PADDINGS)
+  _check_choice('input_norm', m.input_norm, INPUT_NORMS)
   _check_choice('depthwise_impl', m.depthwise_impl, depthwise.IMPLS)
   if not isinstance(m.minimalistic, bool) or not isinstance(m.se, bool):
     raise ValueError(f'minimalistic and se must be booleans; got {m.minimalistic!r}, {m.se!r}.')
@@ -118,6 +124,8 @@ class MobileNetV3(nn.Module):
     stem_filters: 16 (MobileNetV3) or 32 (MobileNetV2's stem).
     last_stage: 'efficient' (pool, then the wide 1x1) or 'v2' (the stage the paper removed:
       1x1 expand, 3x3 depthwise, 1x1 project, 1x1 conv with BN at full resolution, then pool).
+  Inputs are always (N, H, W, 3) RGB in [-1, 1]; input_norm 'imagenet' re-normalizes them inside
+  the model for weights trained on ImageNet mean/std inputs (torchvision, timm's own).
   """
   variant: str = 'large'
   width: float = 1.0
@@ -134,6 +142,7 @@ class MobileNetV3(nn.Module):
   last_stage: str = 'efficient'
   depthwise_impl: str = 'auto'
   padding: str = 'same'
+  input_norm: str = 'none'
 
   def __post_init__(self):
     validate_options(self)
@@ -148,6 +157,8 @@ class MobileNetV3(nn.Module):
     dtype = jnp.dtype(self.dtype)
     common = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=dtype)
     conv = dict(padding=self.padding, depthwise_impl=self.depthwise_impl, **common)
+    if self.input_norm == 'imagenet':
+      x = ((x.astype(jnp.float32) + 1) / 2 - jnp.array(IMAGENET_MEAN)) / jnp.array(IMAGENET_STD)
     x = x.astype(dtype)
     x = layers.ConvBN(self.stem_filters, 3, 2, activation=self._act(HS), name='stem',
                       **conv)(x, train)

@@ -3,17 +3,37 @@
 `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch_stats, batch) ->
 metrics` are pure; `jit_steps` compiles them with the batch sharded over the mesh's 'data' axis
 and the state replicated (donated in the train step). Side effects live in `mnv3_jax.train`.
+
+BatchNorm statistics in training (`config.bn_stats`):
+- 'global': `jax.jit` of the step on the global batch; XLA all-reduces every BN layer's moments
+  (forward and backward), so the statistics are those of the whole batch, as on one device.
+- 'per_device': the step runs under `jax.shard_map` over 'data' and each device normalizes its
+  own shard with that shard's statistics, as TF's TPU trainer (and pmap without axis_name) did.
+  Gradients and metrics are averaged over devices, and so are the new BN running averages (which
+  keeps them replicated: the running mean is the global batch mean; the running variance is the
+  mean of the per-device variances).
 """
 import functools
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
+from jax.sharding import PartitionSpec as P
 
 from mnv3_jax import optim, sharding
+
+
+BN_STATS = ('global', 'per_device')
+
+
+def check_bn_stats(bn_stats: str) -> None:
+  """Raises ValueError unless `bn_stats` is one of BN_STATS."""
+  if bn_stats not in BN_STATS:
+    raise ValueError(f'Invalid bn_stats {bn_stats!r}; allowed: {BN_STATS} (statistics of the '
+                     "whole batch, or of each device's shard).")
 
 
 @flax.struct.dataclass
@@ -68,9 +88,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                schedule: Callable[[jax.Array], jax.Array], label_smoothing: float,
-               ema_decay: float, seed: int) -> Tuple[TrainState, TrainMetrics]:
-  """One RMSProp step on a global batch {'image': (B, H, W, 3), 'label': (B,)}."""
+               ema_decay: float, seed: int,
+               axis_name: Optional[str] = None) -> Tuple[TrainState, TrainMetrics]:
+  """One RMSProp step on a batch {'image': (B, H, W, 3), 'label': (B,)}.
+
+  axis_name None: `batch` is the global batch. Otherwise the step is the body of a shard_map over
+  `axis_name`: `batch` is this device's shard, BatchNorm uses its statistics, and gradients, new
+  BN running averages and metrics are averaged over the axis (shards must be of equal size).
+  """
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  if axis_name is not None:
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -80,6 +108,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     return loss, (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  top1 = _topk_correct(logits, batch['label'], 1).mean()
+  top5 = _topk_correct(logits, batch['label'], min(5, logits.shape[-1])).mean()
+  if axis_name is not None:
+    grads, batch_stats, loss, top1, top5 = jax.lax.pmean(
+        (grads, batch_stats, loss, top1, top5), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
@@ -88,10 +121,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       ema_params=optim.ema_update(state.ema_params, params, step, ema_decay),
       ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, step, ema_decay))
   metrics = TrainMetrics.single_from_model_output(
-      loss=loss, top1=_topk_correct(logits, batch['label'], 1).mean(),
-      top5=_topk_correct(logits, batch['label'], min(5, logits.shape[-1])).mean(),
-      learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads),
-      update_norm=optax.tree.norm(updates), param_norm=optax.tree.norm(params))
+      loss=loss, top1=top1, top5=top5, learning_rate=schedule(state.step),
+      grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
+      param_norm=optax.tree.norm(params))
   return new_state, metrics
 
 
@@ -107,16 +139,27 @@ def eval_step(params, batch_stats, batch: dict, *, model) -> EvalMetrics:
 
 
 def jit_steps(model, tx, schedule, config, mesh):
-  """Returns (init_fn, train_fn, eval_fn) compiled for `mesh`; state replicated, batch sharded."""
+  """Returns (init_fn, train_fn, eval_fn) compiled for `mesh`; state replicated, batch sharded.
+
+  The train step's BatchNorm statistics follow `config.bn_stats` (see the module docstring).
+  """
+  check_bn_stats(config.bn_stats)
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  # The init runs once: on XLA CPU, unoptimized code compiles it ~3x faster (Small: 47 s -> 17 s).
+  init_options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
   init_fn = jax.jit(
       functools.partial(create_train_state, model, tx,
-                        image_size=(config.data.image_size,) * 2), out_shardings=rep)
-  train_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-                        seed=config.seed),
-      in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+                        image_size=(config.data.image_size,) * 2), out_shardings=rep,
+      compiler_options=init_options)
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                           label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+                           seed=config.seed)
+  if config.bn_stats == 'per_device':
+    axis = sharding.DATA_AXIS
+    # check_vma=False: gradients stay per device inside the body and are averaged explicitly.
+    step = jax.shard_map(functools.partial(step, axis_name=axis), mesh=mesh,
+                         in_specs=(P(), P(axis)), out_specs=(P(), P()), check_vma=False)
+  train_fn = jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, rep, data),
                     out_shardings=rep)
   return init_fn, train_fn, eval_fn

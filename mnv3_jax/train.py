@@ -15,7 +15,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from mnv3_jax import checkpointing, input_pipeline, optim, sharding, steps, validation
+from mnv3_jax import (checkpointing, input_pipeline, optim, pretrained, sharding, steps,
+                      validation)
 from mnv3_jax.model import MobileNetV3
 
 
@@ -79,11 +80,16 @@ def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls at step boundaries (main thread only)."""
+  """Turns SIGTERM into a flag the loop polls at step boundaries (main thread, one process only).
+
+  With several processes, jax's preemption service catches SIGTERM instead and all processes stop
+  at the same step through `reached_preemption`; a Python handler would replace jax's, and a flag
+  raised on one process only would leave the others waiting for it in the next collective.
+  """
 
   def __init__(self):
     self.raised = False
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
@@ -119,6 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   state, start_step = ckpt.restore(abstract_train_state(init_fn, mesh))
   if state is None:
     state, start_step = init_fn(jax.random.key(config.seed)), 0
+    if config.get('init_from'):
+      state = pretrained.replace_weights(state, pretrained.init_variables(config.init_from, model),
+                                         sharding.replicated(mesh))
+      logging.info('Initialised params and BN statistics from %s.', config.init_from)
     writer.write_hparams(_flat_hparams(config))
     parameter_overview.log_parameter_overview(state.params)
   logging.info('Training %d steps (%d per epoch) from step %d; global batch %d on %d devices.',

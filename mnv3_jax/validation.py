@@ -9,7 +9,7 @@ import tempfile
 import ml_collections
 from etils import epath
 
-from mnv3_jax import input_pipeline, sharding
+from mnv3_jax import input_pipeline, pretrained, sharding, steps
 from mnv3_jax.model import MobileNetV3
 
 
@@ -35,16 +35,19 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
   options = config.model.to_dict()
   if options.get('dtype') == 'auto':
     options['dtype'] = 'float32'
-  MobileNetV3(**options)                       # validates every model option
+  model = MobileNetV3(**options)               # validates every model option
   if config.data.image_size < 32:
     raise ValueError(f'Invalid data.image_size {config.data.image_size!r}; allowed: an '
                      'integer >= 32.')
   sharding.check_batch_size(config.batch_size, mesh)
+  steps.check_bn_stats(config.bn_stats)
   _positive('optim.base_learning_rate', config.optim.base_learning_rate)
   _positive('num_epochs', config.num_epochs)
   for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
     _positive(name, config[name])
   check_workdir(workdir)
+  if config.get('init_from'):
+    pretrained.check_init_from(config.init_from, model)
   info = input_pipeline.get_dataset_info(config.data)
   if info.num_classes != config.model.num_classes:
     raise ValueError(f'model.num_classes {config.model.num_classes} does not match dataset '

@@ -10,9 +10,13 @@ import tempfile
 import numpy as np
 import pytest
 
-_DEVICES = '--xla_force_host_platform_device_count=8'
-if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}".strip()
+_FLAGS = {'xla_force_host_platform_device_count': 8,
+          # Unoptimized XLA code compiles ~2x faster; compilation, not running, is what the suite
+          # spends its time on (tests/test_*.py compare results, never speed).
+          'xla_backend_optimization_level': 0}
+for _name, _value in _FLAGS.items():
+  if _name not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
 
 import jax  # pylint: disable=g-import-not-at-top
 

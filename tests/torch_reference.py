@@ -1,0 +1,53 @@
+"""Reference PyTorch MobileNetV3s (torchvision, timm; built by mnv3_jax.torch_models) with random
+weights and BN statistics, and their float64 logits.
+"""
+import copy
+
+import numpy as np
+import torch
+
+# The references are tiny (batch 2, 64x96): on a shared 2-core CPU, torch's two OpenMP threads
+# spin-wait for each other whenever another process holds a core, which made single forward
+# passes take 20-60 s instead of 0.3 s.
+torch.set_num_threads(1)
+
+
+def randomize(module: torch.nn.Module, seed: int, image_size=(64, 64)) -> torch.nn.Module:
+  """Random weights and BN statistics close to those of real activations; returns it in eval mode.
+
+  Statistics drawn independently of the activations would let the input-dependent part of the
+  activations shrink to nothing by the logits (see tests/test_convert.py); so one training-mode
+  pass with momentum 1 sets them to a batch's statistics, which are then perturbed.
+  """
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in module.named_parameters():
+      if p.ndim > 1:
+        fan_in = p[0].numel()
+        p.copy_(torch.randn(p.shape, generator=gen) * np.sqrt(2 / fan_in))
+      elif name.endswith('bias'):
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+      else:   # BN scale
+        p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+      bn.momentum = 1.0
+    module.train()
+    module(torch.rand((4, 3, *image_size), generator=gen) * 2 - 1)
+    for bn in bns:
+      bn.momentum = 0.1
+      std = bn.running_var.sqrt()
+      bn.running_mean.add_(torch.randn(std.shape, generator=gen) * 0.1 * std)
+      bn.running_var.mul_(torch.rand(std.shape, generator=gen) * 0.7 + 0.7)
+  return module.eval()
+
+
+def logits(module: torch.nn.Module, images_nhwc: np.ndarray) -> np.ndarray:
+  """float64 logits of NHWC images (the layout of the Flax model), computed in float64.
+
+  A float32 reference is itself ~1e-5 (relative) off on Large with random weights, as much as
+  the float32 model under test: float64 makes the reference exact for the comparison.
+  """
+  exact = copy.deepcopy(module).double()
+  with torch.no_grad():
+    return exact(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
