@@ -192,7 +192,7 @@ def from_torch(source: Any, model: model_lib.MobileNetV3, fmt: str) -> Dict[str,
   return convert.fill_leaves(
       [(name, paths[name], value) for name, value in state.items()], model,
       lambda value, path, shape: _to_flax_layout(value, shape),
-      source=f'{fmt} weights ({_summary(state, fmt)})', kind=fmt)
+      source=f'The {fmt} checkpoint ({_summary(state, fmt)})', kind=fmt)
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -8,4 +8,8 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 tcmalloc=$(.venv/bin/python -c 'from mnv3_jax import runtime; print(runtime.find_tcmalloc() or "")')
-exec env ${tcmalloc:+LD_PRELOAD="$tcmalloc"} .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
+# One XLA compilation cache for both workers and the processes tests start (tests/conftest.py).
+cache=$(mktemp -d -t mnv3_jax_xla_cache.XXXXXX)
+trap 'rm -rf "$cache"' EXIT
+env ${tcmalloc:+LD_PRELOAD="$tcmalloc"} MNV3_TEST_XLA_CACHE="$cache" \
+  .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"

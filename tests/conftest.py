@@ -1,8 +1,8 @@
 """Runs the whole suite on 8 CPU devices, with a compilation cache shared by its tests.
 
 XLA reads the device-count flag once, when jax initialises, so it is set before any import of jax.
-The persistent cache lets tests that compile the same train step (e.g. a run and its resumption)
-reuse one compilation; it lives in a temp folder of this pytest session only.
+The persistent cache lets tests that compile the same train step (e.g. a run and its resumption,
+in this process or another) reuse one compilation; it lives in a temp folder of this test run only.
 """
 import os
 import tempfile
@@ -20,9 +20,14 @@ for _name, _value in _FLAGS.items():
 
 import jax  # pylint: disable=g-import-not-at-top
 
-_CACHE = tempfile.TemporaryDirectory(prefix='mnv3_jax_xla_cache_')
-jax.config.update('jax_compilation_cache_dir', _CACHE.name)
+# scripts/test.sh gives all pytest workers one cache (MNV3_TEST_XLA_CACHE); alone, a temp folder.
+_CACHE = (None if os.environ.get('MNV3_TEST_XLA_CACHE')
+          else tempfile.TemporaryDirectory(prefix='mnv3_jax_xla_cache_'))
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('MNV3_TEST_XLA_CACHE') or _CACHE.name)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+# A size limit turns on jax's file lock: workers then never read an entry half-written.
+jax.config.update('jax_compilation_cache_max_size', 8 << 30)
 
 NUM_TRAIN, NUM_EVAL = 37, 11
 _SIZES = ((40, 56), (64, 48), (33, 90))  # (height, width) of the stand-in's JPEGs.

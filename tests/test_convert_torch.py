@@ -37,7 +37,11 @@ CASES = {
 def reference(name):
   fmt, ref, options = CASES[name]
   build = torch_models.torchvision_model if fmt == 'torchvision' else torch_models.timm_model
-  return torch_reference.randomize(build(ref, options['num_classes']), seed=len(name))
+  # Weights trained on ImageNet mean/std inputs: the Flax model normalizes [-1, 1] images itself.
+  feed = (torch_reference.imagenet_normalized if import_weights.DEFAULT_INPUT_NORM[fmt] == 'imagenet'
+          else lambda x: x)
+  return torch_reference.randomize(build(ref, options['num_classes']), seed=len(name),
+                                   input_fn=feed)
 
 
 def flax_model(name, **overrides):
@@ -69,14 +73,12 @@ def test_logits_match_reference(name, tmp_path):
   fmt = CASES[name][0]
   path = save(reference(name), tmp_path / ('w.pth' if fmt == 'torchvision' else 'w.safetensors'))
   # One case also runs the 'shifted' depthwise (slower to compile): symmetric padding's path there.
-  # Weights trained on ImageNet mean/std inputs: the model normalizes [-1, 1] images itself.
   norm = import_weights.DEFAULT_INPUT_NORM[fmt]
   model = flax_model(name, depthwise_impl='shifted' if name == 'torchvision_large' else 'conv',
                      input_norm=norm)
   x = images(seed=3)
-  x_ref = x if norm == 'none' else (
-      ((x + 1) / 2 - np.array(model_lib.IMAGENET_MEAN)) / np.array(model_lib.IMAGENET_STD))
-  ref = torch_reference.logits(reference(name), x_ref.astype(np.float32))
+  ref = torch_reference.logits(
+      reference(name), torch_reference.imagenet_normalized(x) if norm == 'imagenet' else x)
   out = flax_logits(model, convert_torch.from_torch(path, model, fmt), x)
   assert out.shape == ref.shape == (2, model.num_classes)
   scale = np.abs(ref).max()
@@ -113,7 +115,7 @@ def test_variables_have_init_tree_and_reference_values():
 
 
 def test_small_weights_into_large_model_fail():
-  with pytest.raises(ValueError, match=r'\(11 bnecks .*, 10 classes\) do not fit .*'
+  with pytest.raises(ValueError, match=r'checkpoint \(11 bnecks .*, 10 classes\) does not fit .*'
                      r"variant='large'") as error:
     convert_torch.from_torch(reference('torchvision_small').state_dict(),
                              flax_model('torchvision_small', variant='large'), 'torchvision')
@@ -130,7 +132,7 @@ def test_other_class_count_fails_naming_shapes():
 
 def test_other_width_fails():
   with pytest.raises(ValueError,
-                     match=r'(?s)\(15 bnecks .*, 12 classes\) .*shape mismatches: blocks'):
+                     match=r'(?s)\(15 bnecks .*, 12 classes\) .*shape mismatches: timm_tf blocks'):
     convert_torch.from_torch(reference('timm_tf_large_075').state_dict(),
                              flax_model('timm_tf_large_075', width=1.0), 'timm_tf')
   with pytest.raises(ValueError, match=r'width=0.75 \(torchvision weights: only 1.0'):

@@ -64,13 +64,13 @@ def pod_env() -> dict:
 
 
 @contextlib.contextmanager
-def running_pod(config, workdir, log_dir):
+def running_pod(config, workdir, log_dir, **env):
   """launch/local.sh: 2 processes x 4 devices of main.py; whatever of it still runs at the end
-  (the launcher and its workers: one process group) is killed."""
+  (the launcher and its workers: one process group) is killed. env: extra environment."""
   pod = subprocess.Popen(
       ['bash', str(ROOT / 'launch' / 'local.sh'), '-n', '2', '-d', '4', '-l', str(log_dir), '--',
        *main_flags(config), f'--workdir={workdir}'],
-      cwd=ROOT, env=pod_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      cwd=ROOT, env={**pod_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       start_new_session=True)
   try:
     yield pod
@@ -129,7 +129,7 @@ def test_pod_trains_as_one_process_and_hands_over_its_checkpoint(data_dir, tmp_p
   config = pod_config(data_dir, num_train_steps=NUM_STEPS)
   workdir, log_dir = tmp_path / 'pod', tmp_path / 'logs'
   with running_pod(config, workdir, log_dir) as pod:
-    out, _ = pod.communicate(timeout=400)
+    out, _ = pod.communicate(timeout=900)
   assert pod.returncode == 0, f'{out}\n{logs(log_dir)}'
   assert 'JAX process 1 of 2; 4 local / 8 global devices' in (log_dir / 'worker_1.log').read_text()
 
@@ -176,7 +176,8 @@ def _wait_for(pattern, path, process, timeout):
 def test_a_lost_process_stops_the_others_with_its_name(data_dir, tmp_path):
   config = pod_config(data_dir, num_train_steps=10_000)
   log_dir = tmp_path / 'logs'
-  with running_pod(config, tmp_path / 'pod', log_dir) as pod:
+  # 15 s instead of the default 30 s without heartbeats: the test waits for it.
+  with running_pod(config, tmp_path / 'pod', log_dir, MNV3_HEARTBEAT_TIMEOUT_S='15') as pod:
     launched = pod.stdout.readline() + pod.stdout.readline()   # 'worker <i>: pid <pid>, ...'
     pids = dict(re.findall(r'worker (\d): pid (\d+)', launched))
     # Process 0 (compiled programs in the cache) trains, i.e. waits for process 1 in a collective.

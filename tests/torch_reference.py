@@ -6,18 +6,22 @@ import copy
 import numpy as np
 import torch
 
+from mnv3_jax import model as model_lib
+
 # The references are tiny (batch 2, 64x96): on a shared 2-core CPU, torch's two OpenMP threads
 # spin-wait for each other whenever another process holds a core, which made single forward
 # passes take 20-60 s instead of 0.3 s.
 torch.set_num_threads(1)
 
 
-def randomize(module: torch.nn.Module, seed: int, image_size=(64, 64)) -> torch.nn.Module:
+def randomize(module: torch.nn.Module, seed: int, image_size=(64, 64),
+              input_fn=lambda x: x) -> torch.nn.Module:
   """Random weights and BN statistics close to those of real activations; returns it in eval mode.
 
   Statistics drawn independently of the activations would let the input-dependent part of the
   activations shrink to nothing by the logits (see tests/test_convert.py); so one training-mode
-  pass with momentum 1 sets them to a batch's statistics, which are then perturbed.
+  pass with momentum 1 sets them to a batch's statistics, which are then perturbed. input_fn maps
+  NCHW images in [-1, 1] to what the model is fed (e.g. ImageNet mean/std normalization).
   """
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
@@ -33,13 +37,24 @@ def randomize(module: torch.nn.Module, seed: int, image_size=(64, 64)) -> torch.
     for bn in bns:
       bn.momentum = 1.0
     module.train()
-    module(torch.rand((4, 3, *image_size), generator=gen) * 2 - 1)
+    module(input_fn(torch.rand((4, 3, *image_size), generator=gen) * 2 - 1))
     for bn in bns:
       bn.momentum = 0.1
       std = bn.running_var.sqrt()
       bn.running_mean.add_(torch.randn(std.shape, generator=gen) * 0.1 * std)
       bn.running_var.mul_(torch.rand(std.shape, generator=gen) * 0.7 + 0.7)
   return module.eval()
+
+
+def imagenet_normalized(x):
+  """[-1, 1] images (numpy NHWC or torch NCHW) as torchvision's models are fed them."""
+  nchw = isinstance(x, torch.Tensor)
+  shape = (1, 3, 1, 1) if nchw else (1, 1, 1, 3)
+  mean, std = (np.reshape(v, shape).astype(np.float32)
+               for v in (model_lib.IMAGENET_MEAN, model_lib.IMAGENET_STD))
+  if nchw:
+    mean, std = torch.from_numpy(mean), torch.from_numpy(std)
+  return ((x + 1) / 2 - mean) / std
 
 
 def logits(module: torch.nn.Module, images_nhwc: np.ndarray) -> np.ndarray:
