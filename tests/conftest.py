@@ -18,16 +18,16 @@ for _name, _value in _FLAGS.items():
   if _name not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
 
-import jax  # pylint: disable=g-import-not-at-top
-
-# scripts/test.sh gives all pytest workers one cache (MNV3_TEST_XLA_CACHE); alone, a temp folder.
+# One XLA compilation cache for every process of the run: the pytest workers (scripts/test.sh sets
+# MNV3_TEST_XLA_CACHE) and the processes tests start, which inherit these variables. A size limit
+# turns on jax's file lock, so no process reads an entry another is still writing.
 _CACHE = (None if os.environ.get('MNV3_TEST_XLA_CACHE')
           else tempfile.TemporaryDirectory(prefix='mnv3_jax_xla_cache_'))
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('MNV3_TEST_XLA_CACHE') or _CACHE.name)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-# A size limit turns on jax's file lock: workers then never read an entry half-written.
-jax.config.update('jax_compilation_cache_max_size', 8 << 30)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=os.environ.get('MNV3_TEST_XLA_CACHE') or _CACHE.name,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
+                  JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30))
+
+import jax  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 
 NUM_TRAIN, NUM_EVAL = 37, 11
 _SIZES = ((40, 56), (64, 48), (33, 90))  # (height, width) of the stand-in's JPEGs.

@@ -54,13 +54,8 @@ def main_flags(config) -> list:
 
 
 def pod_env() -> dict:
-  env = dict(os.environ, PYTHON=sys.executable,
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
-             TF_CPP_MIN_LOG_LEVEL='2')
-  # Unoptimized XLA code compiles ~2x faster; 3 steps of a tiny model need no speed.
-  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
-  return env
+  """This process's environment (with conftest.py's XLA flags and compilation cache) for main.py."""
+  return dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL='2')
 
 
 @contextlib.contextmanager
