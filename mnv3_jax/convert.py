@@ -152,7 +152,8 @@ def load_keras(path, model: model_lib.MobileNetV3):
 
   `.keras`: the saved model itself. `.weights.h5` and `.h5` (a legacy full model or weights-only
   file such as the official ImageNet downloads): weights loaded into `keras_architecture(model)`,
-  because Keras 3 cannot rebuild a legacy-saved MobileNetV3 graph (its `x + 3.0` op).
+  because Keras 3 cannot rebuild a legacy-saved MobileNetV3 graph (its `x + 3.0` op). No file
+  runs code: `.keras` loads in Keras' safe mode, `.h5` files give only arrays.
   """
   path = os.fspath(path)
   if not path.endswith(('.keras', '.h5')):
@@ -161,7 +162,9 @@ def load_keras(path, model: model_lib.MobileNetV3):
     raise FileNotFoundError(f'No Keras file at {path!r}.')
   import keras  # pylint: disable=g-import-not-at-top
   if path.endswith('.keras'):
-    return keras.models.load_model(path, compile=False)
+    # safe_mode (Keras' default, stated here so it stays): refuses to deserialize Lambda layers'
+    # marshalled bytecode and classes outside Keras, so loading a file never runs code from it.
+    return keras.models.load_model(path, compile=False, safe_mode=True)
   keras_model = keras_architecture(model)
   with warnings.catch_warnings():
     # Keras 3.15 also walks the Functional's per-depth operation lists, which hold only the

@@ -12,7 +12,9 @@
     data_dir/<class>/<image>: one pool; a fixed stratified hold-out of each class
       (`folder_holdout_fraction`, chosen by a seeded shuffle of the sorted paths) is eval_split
       and the rest is train_split.
-  Files are read at run time; nothing is converted or written.
+  Files are read at run time; nothing is converted or written. Every image is decoded once when
+  the folder is first listed: files that do not decode (truncated, corrupt, not images) and files
+  not named as images are skipped, counted in a WARNING, and training uses the rest.
 - 'digits': scikit-learn's `load_digits` (1797 8x8 grayscale images of 10 digits, shipped inside
   the scikit-learn wheel), built once into `data_dir` as the TFDS dataset 'sklearn_digits' with a
   fixed stratified split: 'train' 1497 and 'test' 300 images (set eval_split='test').
@@ -28,6 +30,7 @@ from typing import Callable, List, NamedTuple, Tuple
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 IMAGE_FOLDER = 'image_folder'
 DIGITS = 'digits'
@@ -142,16 +145,51 @@ def _tfds_num_examples(builder, split) -> int:
                      f'{list(builder.info.splits)}: {e}') from e
 
 
-def _image_files(folder: str, classes: Tuple[str, ...]) -> Tuple[List[str], List[int]]:
-  paths, labels = [], []
+@functools.lru_cache(maxsize=8)
+def _image_files(folder: str, classes: Tuple[str, ...]) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+  """Paths and labels of the images that decode, in `folder`/<class>/; logs what it skipped."""
+  paths, labels, others = [], [], []
   for label, name in enumerate(classes):
     if not tf.io.gfile.isdir(os.path.join(folder, name)):
       continue  # An eval split may lack some classes.
-    names = sorted(f for f in tf.io.gfile.listdir(os.path.join(folder, name))
-                   if f.lower().endswith(_IMAGE_EXTENSIONS))
-    paths += [os.path.join(folder, name, f) for f in names]
-    labels += [label] * len(names)
-  return paths, labels
+    for f in sorted(tf.io.gfile.listdir(os.path.join(folder, name))):
+      path = os.path.join(folder, name, f)
+      if not f.lower().endswith(_IMAGE_EXTENSIONS):
+        others.append(path)
+      elif not tf.io.gfile.isdir(path):
+        paths.append(path)
+        labels.append(label)
+  readable = _readable(paths)
+  broken = [p for p, ok in zip(paths, readable) if not ok]
+  if others or broken:
+    logging.warning(
+        'image_folder %s: skipped %d of %d files: %d not named as images (%s), e.g. %s; %d that '
+        'do not decode, e.g. %s. Training on the %d others.', folder, len(others) + len(broken),
+        len(others) + len(paths), len(others), '/'.join(_IMAGE_EXTENSIONS), others[:3],
+        len(broken), broken[:3], len(paths) - len(broken))
+  return (tuple(p for p, ok in zip(paths, readable) if ok),
+          tuple(l for l, ok in zip(labels, readable) if ok))
+
+
+def _readable(paths: List[str]) -> np.ndarray:
+  """(len(paths),) bool: which files decode as images (one parallel pass that decodes each once).
+
+  The pipeline cannot skip a record that fails to decode without shifting every later batch
+  (which resuming relies on), so broken files are found before anything is trained.
+  """
+  if not paths:
+    return np.zeros(0, bool)
+
+  def decode(index, path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return index, tf.size(image) > 0
+
+  ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(4096)
+  ok = np.zeros(len(paths), bool)
+  for indices, decoded in ds.as_numpy_iterator():
+    ok[indices] = decoded
+  return ok
 
 
 def _subfolders(folder: str) -> Tuple[str, ...]:
@@ -198,7 +236,9 @@ def _folder_split(root: str, split: str, train_split: str, eval_split: str,
 
 def _folder_args(data_config, split):
   if not data_config.data_dir:
-    raise ValueError(f'dataset={IMAGE_FOLDER!r} needs data_dir (a folder of class subfolders).')
+    raise ValueError(f'Invalid config.data.data_dir {data_config.data_dir!r}: dataset='
+                     f'{IMAGE_FOLDER!r} needs a folder of class subfolders (or of split folders '
+                     'with class subfolders).')
   return (os.fspath(data_config.data_dir), split, data_config.train_split,
           data_config.eval_split, float(data_config.folder_holdout_fraction))
 

@@ -5,6 +5,8 @@ checkpoint in `workdir` (the data position follows from the restored step: the i
 is deterministic), evaluates raw and EMA weights, and stops cleanly on SIGTERM or orbax's
 preemption notice after writing a checkpoint of the current step.
 """
+import json
+import os
 import signal
 import threading
 from typing import Optional
@@ -14,6 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epath
 
 from mnv3_jax import (checkpointing, input_pipeline, optim, pretrained, sharding, steps,
                       validation)
@@ -80,7 +83,14 @@ def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls at step boundaries (main thread, one process only).
+  """Turns SIGTERM into a flag the loop polls at step boundaries (one process only).
+
+  Python runs signal handlers only in the main thread, between bytecodes: while that thread is
+  inside a long C++ call (the first XLA compile of a big model can take minutes on CPU) the handler
+  waits. So the C-level handler also writes the signal number to a pipe (`signal.set_wakeup_fd`;
+  it runs in whichever thread the kernel picks), and a watcher thread reads it at once: if no step
+  has been trained in this process yet, nothing is lost by exiting, and it exits (status 0) within
+  a second; otherwise it leaves the flag for the loop, which checkpoints at the next step boundary.
 
   With several processes, jax's preemption service catches SIGTERM instead and all processes stop
   at the same step through `reached_preemption`; a Python handler would replace jax's, and a flag
@@ -89,14 +99,51 @@ class _SigtermFlag:
 
   def __init__(self):
     self.raised = False
-    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._trained = False
+    self._lock = threading.Lock()
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+      return
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    read_fd, self._write_fd = os.pipe()
+    os.set_blocking(self._write_fd, False)
+    self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+    if self._previous_fd != -1:   # someone else's (an asyncio loop): leave it, keep the flag only
+      signal.set_wakeup_fd(self._previous_fd)
+      os.close(read_fd)
+      os.close(self._write_fd)
+      del self._write_fd
+      return
+    threading.Thread(target=self._watch, args=(read_fd,), name='mnv3_sigterm', daemon=True).start()
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: checkpointing at the end of this step.')
+    del signum, frame
+    if not self.raised:
+      logging.warning('SIGTERM received: checkpointing at the end of this step.')
     self.raised = True
 
+  def _watch(self, read_fd: int) -> None:
+    with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
+      while byte := pipe.read(1):       # b'' once `restore` closes the write end
+        if byte[0] != signal.SIGTERM:
+          continue
+        with self._lock:
+          if not self._trained:
+            logging.warning('SIGTERM received before the first step: nothing to checkpoint; '
+                            'exiting now. Rerun the same command to resume.')
+            logging.flush()
+            os._exit(0)   # pylint: disable=protected-access
+          self._handle(signal.SIGTERM, None)
+
+  def trained(self) -> None:
+    """Marks that a step has run: from now on SIGTERM waits for the loop's checkpoint."""
+    if not self._trained:
+      with self._lock:
+        self._trained = True
+
   def restore(self):
+    if hasattr(self, '_write_fd'):
+      signal.set_wakeup_fd(self._previous_fd)
+      os.close(self._write_fd)
     if hasattr(self, '_previous'):
       signal.signal(signal.SIGTERM, self._previous)
 
@@ -108,6 +155,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   """
   mesh = sharding.make_mesh()
   info = validation.check_config(config, workdir, mesh)
+  sigterm = _SigtermFlag()     # before the first compile, which may take minutes
+  try:
+    return _train_and_evaluate(config, workdir, mesh, info, sigterm)
+  finally:
+    sigterm.restore()
+
+
+def _train_and_evaluate(config, workdir, mesh, info, sigterm) -> Optional[dict]:
   model = build_model(config.model)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -115,14 +170,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   schedule, tx = build_optimizer(config, steps_per_epoch)
   init_fn, train_fn, eval_fn = steps.jit_steps(model, tx, schedule, config, mesh)
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
   ckpt = checkpointing.Checkpointer(
       workdir, save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
       keep_best=config.keep_best, best_metric='ema_top1')
+  try:
+    state, start_step = ckpt.restore(abstract_train_state(init_fn, mesh))
+  except checkpointing.IncompatibleCheckpointError as e:
+    ckpt.close()
+    raise _with_workdir_config(e, workdir, config) from e
+  # Only now: a config whose checkpoints do not fit must leave the run's files as they were.
   checkpointing.save_config(workdir, config)
-
-  state, start_step = ckpt.restore(abstract_train_state(init_fn, mesh))
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
   if state is None:
     state, start_step = init_fn(jax.random.key(config.seed)), 0
     if config.get('init_from'):
@@ -141,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
     return None
   try:
     return _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir,
-                       mesh, writer, ckpt)
+                       mesh, writer, ckpt, sigterm)
   finally:
     ckpt.wait_until_finished()
     ckpt.close()
@@ -149,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
 
 
 def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir, mesh,
-                writer, ckpt) -> Optional[dict]:
+                writer, ckpt, sigterm) -> Optional[dict]:
   """Steps from `start_step` to `total_steps`; returns the last eval metrics (None if stopped)."""
   train_batches = input_pipeline.train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
@@ -159,39 +218,51 @@ def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workd
   if jax.process_index() == 0 and config.profile_first_step >= 0:
     hooks.append(periodic_actions.Profile(logdir=workdir,
                                           first_profile=config.profile_first_step))
-  sigterm = _SigtermFlag()
   eval_metrics, accumulated, previous = None, None, None
+  batches = sharding.prefetch_to_mesh(train_batches, mesh)
+  for step in range(start_step + 1, total_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, metrics = train_fn(state, next(batches))
+    sigterm.trained()
+    if previous is not None:
+      check_finite(*previous)       # one step behind: keeps the dispatch queue full
+    previous = (step, metrics)
+    accumulated = metrics if accumulated is None else accumulated.merge(metrics)
+    for hook in hooks:
+      hook(step)
+    last = step == total_steps
+    if step % config.log_every_steps == 0 or last:
+      check_finite(step, metrics)
+      writer.write_scalars(step, {f'train_{k}': v for k, v in accumulated.compute().items()})
+      accumulated = None
+    if step % config.eval_every_steps == 0 or last:
+      check_finite(step, metrics)
+      eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
+      writer.write_scalars(step, eval_metrics)
+      ckpt.save_best(step, state, eval_metrics)
+    stop = sigterm.raised or ckpt.reached_preemption(step)
+    if step % config.checkpoint_every_steps == 0 or last or stop:
+      check_finite(step, metrics)
+      ckpt.save(step, state, force=last or stop)
+    if stop:
+      logging.warning('Stopping at step %d after a preemption notice; rerun to resume.', step)
+      return None
+  return eval_metrics
+
+
+def _with_workdir_config(error, workdir: str, config) -> Exception:
+  """`error` plus the model options in which workdir/config.json differs from `config`."""
   try:
-    batches = sharding.prefetch_to_mesh(train_batches, mesh)
-    for step in range(start_step + 1, total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = train_fn(state, next(batches))
-      if previous is not None:
-        check_finite(*previous)       # one step behind: keeps the dispatch queue full
-      previous = (step, metrics)
-      accumulated = metrics if accumulated is None else accumulated.merge(metrics)
-      for hook in hooks:
-        hook(step)
-      last = step == total_steps
-      if step % config.log_every_steps == 0 or last:
-        check_finite(step, metrics)
-        writer.write_scalars(step, {f'train_{k}': v for k, v in accumulated.compute().items()})
-        accumulated = None
-      if step % config.eval_every_steps == 0 or last:
-        check_finite(step, metrics)
-        eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
-        writer.write_scalars(step, eval_metrics)
-        ckpt.save_best(step, state, eval_metrics)
-      stop = sigterm.raised or ckpt.reached_preemption(step)
-      if step % config.checkpoint_every_steps == 0 or last or stop:
-        check_finite(step, metrics)
-        ckpt.save(step, state, force=last or stop)
-      if stop:
-        logging.warning('Stopping at step %d after a preemption notice; rerun to resume.', step)
-        return None
-    return eval_metrics
-  finally:
-    sigterm.restore()
+    saved = json.loads((epath.Path(workdir) / 'config.json').read_text())['model']
+  except (OSError, ValueError, KeyError, TypeError):
+    return error
+  diffs = [f'model.{k}: workdir {saved.get(k)!r}, this config {config.model.get(k)!r}'
+           for k in pretrained.COMPUTE_OPTIONS if saved.get(k) != config.model.get(k)]
+  if not diffs:
+    return error
+  return checkpointing.IncompatibleCheckpointError(
+      f'{error} The workdir\'s config.json says it was trained with other options: '
+      + '; '.join(diffs) + '.')
 
 
 def _evaluate_both(eval_fn, state, config, mesh) -> dict:

@@ -3,6 +3,7 @@
 Every failure is a ValueError naming the bad value and what is allowed (or, for missing data,
 where the pipeline looked and how to prepare the dataset).
 """
+import math
 import os
 import tempfile
 
@@ -14,8 +15,9 @@ from mnv3_jax.model import MobileNetV3
 
 
 def _positive(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-    raise ValueError(f'Invalid {name} {value!r}; allowed: a number > 0.')
+  if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+      or not math.isfinite(value)):
+    raise ValueError(f'Invalid {name} {value!r}; allowed: a finite number > 0.')
 
 
 def check_workdir(workdir: str) -> None:
@@ -27,12 +29,16 @@ def check_workdir(workdir: str) -> None:
       with tempfile.NamedTemporaryFile(dir=workdir):
         pass
   except OSError as e:
-    raise ValueError(f'workdir {workdir!r} is not writable: {e}.') from e
+    raise ValueError(f'workdir {workdir!r} is not writable ({e}); allowed: a directory this '
+                     'process can create and write, or a path below one.') from e
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
   """Validates `config` for training in `workdir` on `mesh`; returns the dataset's info."""
   options = config.model.to_dict()
+  width = options.get('width')
+  if isinstance(width, float) and not math.isfinite(width):
+    raise ValueError(f'Invalid model.width {width!r}; allowed: a finite number > 0.')
   if options.get('dtype') == 'auto':
     options['dtype'] = 'float32'
   model = MobileNetV3(**options)               # validates every model option
