@@ -91,7 +91,7 @@ def _check_number(name, value, allowed, ok, integer=False):
 def validate_options(m: 'MobileNetV3') -> None:
   """Raises ValueError naming the first bad option of `m` and what is allowed."""
   _check_choice('variant', m.variant, TABLES)
-  _check_number('width', m.width, 'a number > 0', lambda v: v > 0)
+  _check_number('width', m.width, 'a finite number > 0', lambda v: 0 < v < float('inf'))
   _check_number('num_classes', m.num_classes, 'an integer >= 1', lambda v: v >= 1, True)
   _check_number('dropout_rate', m.dropout_rate, 'a number in [0, 1)', lambda v: 0 <= v < 1)
   _check_number('bn_momentum', m.bn_momentum, 'a number in [0, 1)', lambda v: 0 <= v < 1)
