@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype='auto',  # 'auto': bfloat16 on TPU/GPU, float32 on CPU; or 'float32' / 'bfloat16'
       bn_momentum=0.997, bn_epsilon=1e-3, activation='hard_swish', se=True,
       se_gate='hard_sigmoid', stem_filters=16, last_stage='efficient',
-      depthwise_impl='auto', padding='same'))
+      depthwise_impl='auto', padding='same', input_norm='none'))
   c.data = input_pipeline.default_data_config()
   c.batch_size = 4096            # global, over all devices and hosts
   # Training BatchNorm statistics: 'global' (whole batch, all-reduced by XLA) or 'per_device'

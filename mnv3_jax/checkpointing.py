@@ -30,35 +30,46 @@ from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_MODES = ('max', 'min')
 _FINGERPRINTS = 'mnv3_jax_fingerprints'   # key in the step's custom metadata
-_WORDS = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
+_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}
 
 
 class IncompatibleCheckpointError(ValueError):
   """A checkpoint holds another train state (model variant, class count, optimizer) than requested."""
 
 
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+def _host_copy(x) -> np.ndarray:
+  """The whole value of `x` on this host: arrays of the train state are replicated."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError(f'Cannot fingerprint an array sharded across processes: {x.sharding}.')
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
+def _leaf_fingerprint(x) -> int:
   """sum_i bits_i * (2i + 1) mod 2**32 over the raw bits of `x`: changing any one element changes it."""
-  x = jnp.asarray(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  bits = jax.lax.bitcast_convert_type(x, _WORDS[x.dtype.itemsize]).astype(jnp.uint32).ravel()
-  odd = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
-  return jnp.sum(bits * odd, dtype=jnp.uint32)
-
-
-_tree_fingerprints = jax.jit(lambda tree: jax.tree.map(_leaf_fingerprint, tree))
+  x = np.ascontiguousarray(_host_copy(x))
+  if x.dtype == np.bool_:
+    x = x.astype(np.uint8)
+  bits = x.view(_WORDS[x.dtype.itemsize]).ravel().astype(np.uint32)
+  odd = np.arange(bits.size, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+  return int(np.sum(bits * odd, dtype=np.uint32))   # uint32 arithmetic wraps: mod 2**32
 
 
 def fingerprints(tree: Any) -> dict[str, int]:
-  """Fingerprints of every array of a pytree, keyed 'path/to/leaf'; independent of sharding."""
-  flat = ocp.tree.to_flat_dict(jax.device_get(_tree_fingerprints(tree)), sep='/')
-  return {key: int(value) for key, value in flat.items()}
+  """Fingerprints of every array of a pytree, keyed 'path/to/leaf'; independent of sharding.
+
+  Computed on the host with numpy (milliseconds for MobileNetV3): a jitted version costs a
+  compilation of its own before the first save, seconds that a SIGTERM deadline cannot spare.
+  """
+  return {key: _leaf_fingerprint(value)
+          for key, value in ocp.tree.to_flat_dict(tree, sep='/').items()}
 
 
 def _describe(leaf: Any) -> str:

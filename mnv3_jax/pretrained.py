@@ -135,6 +135,9 @@ def check_fits(shapes: Any, model: model_lib.MobileNetV3, source: str) -> None:
 
 
 def _check_options(weights_options: Dict[str, Any], model_config: Dict[str, Any], path) -> None:
+  # An option missing on either side (written before it existed) has the model's default value.
+  defaults = model_options(model_lib.MobileNetV3())
+  weights_options, model_config = ({**defaults, **o} for o in (weights_options, model_config))
   diffs = [f'model.{k}: weights {weights_options.get(k)!r}, config {model_config.get(k)!r}'
            for k in COMPUTE_OPTIONS if weights_options.get(k) != model_config.get(k)]
   if diffs:
