@@ -134,15 +134,19 @@ def check_fits(shapes: Any, model: model_lib.MobileNetV3, source: str) -> None:
                      f'e.g. {diffs[:4]}).')
 
 
-def _check_options(weights_options: Dict[str, Any], model_config: Dict[str, Any], path) -> None:
-  # An option missing on either side (written before it existed) has the model's default value.
+def differing_options(first: Dict[str, Any], second: Dict[str, Any]) -> list:
+  """(option, first's value, second's value) for each of COMPUTE_OPTIONS in which two model
+  configs differ; an option missing on either side (written before it existed) is the default."""
   defaults = model_options(model_lib.MobileNetV3())
-  weights_options, model_config = ({**defaults, **o} for o in (weights_options, model_config))
-  diffs = [f'model.{k}: weights {weights_options.get(k)!r}, config {model_config.get(k)!r}'
-           for k in COMPUTE_OPTIONS if weights_options.get(k) != model_config.get(k)]
-  if diffs:
-    fix = ' '.join(f'--config.model.{k}={weights_options.get(k)}' for k in COMPUTE_OPTIONS
-                   if weights_options.get(k) != model_config.get(k))
+  first, second = ({**defaults, **o} for o in (first, second))
+  return [(k, first[k], second[k]) for k in COMPUTE_OPTIONS if first[k] != second[k]]
+
+
+def _check_options(weights_options: Dict[str, Any], model_config: Dict[str, Any], path) -> None:
+  differing = differing_options(weights_options, model_config)
+  if differing:
+    diffs = [f'model.{k}: weights {w!r}, config {c!r}' for k, w, c in differing]
+    fix = ' '.join(f'--config.model.{k}={w}' for k, w, _ in differing)
     raise ValueError(f'init_from {path} holds weights of another model than config.model: '
                      + '; '.join(diffs) + f'. Train with the weights\' options ({fix}); '
                      'init_from does not re-initialise layers, so the class count must match too.')

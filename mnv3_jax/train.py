@@ -256,8 +256,8 @@ def _with_workdir_config(error, workdir: str, config) -> Exception:
     saved = json.loads((epath.Path(workdir) / 'config.json').read_text())['model']
   except (OSError, ValueError, KeyError, TypeError):
     return error
-  diffs = [f'model.{k}: workdir {saved.get(k)!r}, this config {config.model.get(k)!r}'
-           for k in pretrained.COMPUTE_OPTIONS if saved.get(k) != config.model.get(k)]
+  diffs = [f'model.{k}: workdir {w!r}, this config {c!r}'
+           for k, w, c in pretrained.differing_options(saved, config.model.to_dict())]
   if not diffs:
     return error
   return checkpointing.IncompatibleCheckpointError(
