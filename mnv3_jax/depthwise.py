@@ -14,8 +14,9 @@
   (decided at trace time from the default backend).
 
 `fused_depthwise_conv` is the inference form: the previous layer's BatchNorm and activation
-applied to the input, and this layer's applied to the output. On the native path they happen
-inside the kernel (one pass over memory instead of three); otherwise as plain XLA ops.
+applied to the input, and this layer's applied to the output, optionally also returning the
+per-image channel sums of the output (the squeeze-and-excite pool). On the native path all of it
+happens inside the kernel (one pass over memory instead of four); otherwise as plain XLA ops.
 
 The kernel has Flax's grouped-conv layout (k, k, 1, C) in every implementation, so checkpoints
 do not depend on the choice.
@@ -37,8 +38,8 @@ NATIVE_DTYPES = (jnp.float32, jnp.bfloat16)
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 # v -> activation(v * scale + shift) per channel: scale and shift (C,) float32.
 Affine = Tuple[jax.Array, jax.Array, Callable[[jax.Array], jax.Array]]
-# Activations the native kernel applies itself (codes of csrc/depthwise_cpu.cc); -1 = none.
-_NATIVE_ACTIVATIONS = {activations.identity: 0, nn.relu: 1, activations.hard_swish: 2}
+# Activations the native kernel applies itself (codes of csrc/cpu_common.h); -1 = none.
+NATIVE_ACTIVATIONS = {activations.identity: 0, nn.relu: 1, activations.hard_swish: 2}
 
 
 def resolve_impl(impl: str) -> str:
@@ -211,7 +212,8 @@ def _apply(affine: Optional[Affine], x: jax.Array) -> jax.Array:
 
 
 def _fused_reference(x, kernel, pre, post, stride, padding, impl):
-  return _apply(post, depthwise_conv(_apply(pre, x), kernel, stride, padding, impl))
+  y = _apply(post, depthwise_conv(_apply(pre, x), kernel, stride, padding, impl))
+  return y, jnp.sum(y.astype(jnp.float32), axis=(1, 2))
 
 
 def _native_fused(x, kernel, pre, post, stride, padding):
@@ -221,30 +223,34 @@ def _native_fused(x, kernel, pre, post, stride, padding):
   for affine in (pre, post):
     scale, shift, activation = affine or (ones, zeros, None)
     args.append((scale.astype(jnp.float32), shift.astype(jnp.float32)))
-    codes.append(np.int64(-1 if affine is None else _NATIVE_ACTIVATIONS[activation]))
+    codes.append(np.int64(-1 if affine is None else NATIVE_ACTIVATIONS[activation]))
   k = kernel.shape[0]
   out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
          _out_size(x.shape[2], padding[1], k, stride), channels)
-  call = jax.ffi.ffi_call('Mnv3DepthwiseFusedForward', jax.ShapeDtypeStruct(out, x.dtype))
+  call = jax.ffi.ffi_call('Mnv3DepthwiseFusedForward', (
+      jax.ShapeDtypeStruct(out, x.dtype), jax.ShapeDtypeStruct((x.shape[0], channels), jnp.float32)))
   return call(x, *args[0], kernel.astype(jnp.float32), *args[1], pre_act=codes[0],
               post_act=codes[1], **_native_attrs(k, stride, padding))
 
 
 def fused_depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
                          impl: str, pre: Optional[Affine] = None,
-                         post: Optional[Affine] = None) -> jax.Array:
-  """`_apply(post, depthwise_conv(_apply(pre, x)))`: (N, H, W, C) -> (N, Ho, Wo, C).
+                         post: Optional[Affine] = None, pool: bool = False):
+  """y = `_apply(post, depthwise_conv(_apply(pre, x)))`: (N, H, W, C) -> (N, Ho, Wo, C).
 
   pre / post: (scale (C,), shift (C,), activation) or None; padding applies to pre(x) (zeros).
-  Gradients, when asked for, are those of the unfused ops.
+  With `pool`, returns (y, sums): sums (N, C) float32 = y summed over Ho and Wo (computed from
+  y before its rounding to x's dtype on the native path). Gradients, when asked for, are those
+  of the unfused ops.
   """
   impl = resolve_impl(impl)
   padding = _check(x, kernel, stride, padding)
   stride = int(stride)
   native = (impl == 'native' and any(x.dtype == d for d in NATIVE_DTYPES) and
-            all(a is None or a[2] in _NATIVE_ACTIVATIONS for a in (pre, post)))
+            all(a is None or a[2] in NATIVE_ACTIVATIONS for a in (pre, post)))
   if not native:
-    return _fused_reference(x, kernel, pre, post, stride, padding, impl)
+    y, sums = _fused_reference(x, kernel, pre, post, stride, padding, impl)
+    return (y, sums) if pool else y
 
   @jax.custom_vjp
   def fused(x, kernel, pre_arrays, post_arrays):
@@ -262,7 +268,8 @@ def fused_depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: 
     return jax.vjp(unfused, *args)[1](dy)
 
   fused.defvjp(fwd, bwd)
-  return fused(x, kernel, pre and pre[:2], post and post[:2])
+  y, sums = fused(x, kernel, pre and pre[:2], post and post[:2])
+  return (y, sums) if pool else y
 
 
 def _with(affine: Optional[Affine], arrays) -> Optional[Affine]:
@@ -279,14 +286,14 @@ class DepthwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, pre: Optional[Affine] = None,
-               post: Optional[Affine] = None) -> jax.Array:
-    """pre / post (inference): per-channel maps applied before / after, see
-    `fused_depthwise_conv`."""
+               post: Optional[Affine] = None, pool: bool = False):
+    """pre / post / pool (inference): per-channel maps applied before / after, and the
+    per-image channel sums returned too; see `fused_depthwise_conv`."""
     channels = x.shape[-1]
     kernel = self.param(
         'kernel', nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
         (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if pre is None and post is None:
+    if pre is None and post is None and not pool:
       return depthwise_conv(x, kernel, self.stride, self.padding, self.impl)
-    return fused_depthwise_conv(x, kernel, self.stride, self.padding, self.impl, pre, post)
+    return fused_depthwise_conv(x, kernel, self.stride, self.padding, self.impl, pre, post, pool)

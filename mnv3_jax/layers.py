@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mnv3_jax import batchnorm, depthwise, pointwise
+from mnv3_jax import conv as conv_lib
 from mnv3_jax.depthwise import Affine
 from mnv3_jax.activations import (  # pylint: disable=unused-import  (re-exported)
     ACTIVATIONS, GATES, get_activation, get_gate, hard_sigmoid, hard_swish, identity)
@@ -61,7 +62,10 @@ class ConvBN(nn.Module):
   Inference fusion (train=False only): with `defer` the layer returns (conv output, (a, b)),
   leaving its BatchNorm (x * a + b) and activation to the next layer; a depthwise layer takes
   `pre` = (a, b, activation) and applies it, its own BatchNorm and its activation inside the
-  convolution (`depthwise.fused_depthwise_conv`).
+  convolution (`depthwise.fused_depthwise_conv`), and with `pool` also returns the per-image
+  channel sums of its output (N, C). A 1x1 layer folds its BatchNorm scale into the weights and,
+  given `gate` (N, Cin), the per-image input scaling of squeeze-and-excite too; a dense kxk layer
+  (the stem) runs its BatchNorm and activation inside the convolution (`mnv3_jax.conv.fused_conv`).
   """
   features: int
   kernel_size: int = 1
@@ -76,10 +80,14 @@ class ConvBN(nn.Module):
   defer: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, pre: Optional[Affine] = None):
-    if pre is not None and (train or not self.depthwise):
-      raise ValueError('ConvBN: `pre` is for depthwise layers at inference only.')
-    fuse = not train and (self.defer or self.depthwise)
+  def __call__(self, x: jax.Array, train: bool, pre: Optional[Affine] = None, pool: bool = False,
+               gate: Optional[jax.Array] = None):
+    if (pre is not None or pool) and (train or not self.depthwise):
+      raise ValueError('ConvBN: `pre` and `pool` are for depthwise layers at inference only.')
+    pointwise_layer = self.kernel_size == 1 and self.stride == 1 and not self.depthwise
+    if gate is not None and (train or not pointwise_layer or self.defer):
+      raise ValueError('ConvBN: `gate` is for 1x1 layers at inference only.')
+    fuse = not train
     bn = batchnorm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype, fold=fuse, name='bn')
     activation = self.activation or identity
@@ -88,15 +96,24 @@ class ConvBN(nn.Module):
       conv = depthwise.DepthwiseConv(self.kernel_size, self.stride, pads,
                                      impl=self.depthwise_impl, dtype=self.dtype, name='conv')
       if fuse:
-        return conv(x, pre=pre, post=(*bn(x), activation))
+        return conv(x, pre=pre, post=(*bn(x), activation), pool=pool)
       x = conv(x)
-    elif self.kernel_size == 1 and self.stride == 1:
-      x = pointwise.Pointwise(self.features, kernel_init=conv_kernel_init(), dtype=self.dtype,
-                              name='conv')(x)
+    elif pointwise_layer:
+      conv = pointwise.Pointwise(self.features, kernel_init=conv_kernel_init(), dtype=self.dtype,
+                                 name='conv')
+      if fuse and not self.defer:   # BatchNorm's scale folded into the weights
+        a, b = bn(jnp.zeros((self.features,), self.dtype))   # (a, b) only depend on the width
+        y = conv(x, scale=a, gate=gate)
+        return activation((y.astype(jnp.float32) + b).astype(y.dtype))
+      x = conv(x)
     else:
       pads = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
-      x = nn.Conv(self.features, (self.kernel_size,) * 2, (self.stride,) * 2, padding=pads,
-                  use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init(), name='conv')(x)
+      dense = conv_lib.Conv(self.features, self.kernel_size, self.stride, pads,
+                            kernel_init=conv_kernel_init(), impl=self.depthwise_impl,
+                            dtype=self.dtype, name='conv')
+      if fuse and not self.defer:   # BatchNorm and activation inside the native kernel
+        return dense(x, post=(*bn(jnp.zeros((self.features,), self.dtype)), activation))
+      x = dense(x)
     if fuse:
       return x, bn(x)
     return activation(bn(x))
@@ -112,12 +129,18 @@ class SqueezeExcite(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+  def __call__(self, x: jax.Array, pooled: Optional[jax.Array] = None,
+               gate_only: bool = False) -> jax.Array:
+    """pooled: the mean of x over H and W (N, C), when already known. gate_only: return the
+    gate (N, C) instead of the scaled x."""
+    if pooled is None:
+      s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    else:
+      s = pooled.astype(x.dtype).reshape(x.shape[0], 1, 1, x.shape[-1])
     s = nn.Dense(self.squeeze, dtype=self.dtype, name='reduce')(s)
     s = nn.relu(s)
-    s = nn.Dense(x.shape[-1], dtype=self.dtype, name='expand')(s)
-    return x * self.gate(s)
+    s = self.gate(nn.Dense(x.shape[-1], dtype=self.dtype, name='expand')(s))
+    return s.reshape(x.shape[0], x.shape[-1]) if gate_only else x * s
 
 
 class InvertedResidual(nn.Module):
@@ -153,10 +176,17 @@ class InvertedResidual(nn.Module):
         pre = (a, b, self.activation)
     x = ConvBN(x.shape[-1], self.kernel_size, self.stride, depthwise=True,
                activation=self.activation, padding=self.padding,
-               depthwise_impl=self.depthwise_impl, name='depthwise', **bn)(x, train, pre)
+               depthwise_impl=self.depthwise_impl, name='depthwise',
+               **bn)(x, train, pre, pool=bool(self.se_squeeze) and not train)
+    gate = None
     if self.se_squeeze:
-      x = SqueezeExcite(self.se_squeeze, self.se_gate, dtype=self.dtype, name='se')(x)
-    x = ConvBN(self.out, name='project', **bn)(x, train)
+      se = SqueezeExcite(self.se_squeeze, self.se_gate, dtype=self.dtype, name='se')
+      if train:
+        x = se(x)
+      else:   # the pool comes from the depthwise kernel; the gate scales the projection's input
+        x, sums = x
+        gate = se(x, pooled=sums / (x.shape[1] * x.shape[2]), gate_only=True)
+    x = ConvBN(self.out, name='project', **bn)(x, train, gate=gate)
     if self.stride == 1 and shortcut.shape[-1] == self.out:
       x = x + shortcut
     return x

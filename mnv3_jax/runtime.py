@@ -4,10 +4,11 @@
   library is installed (Debian/Ubuntu package `libtcmalloc-minimal4`). XLA CPU allocates and frees
   large buffers on every step; glibc's malloc returns them to the kernel and page-faults them back,
   which more than halves training throughput. Entry points call it first, before importing jax.
-- `native_depthwise()`: compiles `csrc/depthwise_cpu.cc` against the installed jaxlib's XLA FFI
-  headers with the system C++ compiler (once per source, jaxlib version and CPU; cached under
-  `$MNV3_CACHE_DIR` or `~/.cache/mnv3_jax`) and registers its three custom calls. Returns False
-  (and `mnv3_jax.depthwise` falls back to pure XLA) when there is no compiler or the build fails.
+- `native_depthwise()`: compiles `csrc/depthwise_cpu.cc` and `csrc/conv_cpu.cc` (the stem) against
+  the installed jaxlib's XLA FFI headers with the system C++ compiler (once per source, jaxlib
+  version and CPU; cached under `$MNV3_CACHE_DIR` or `~/.cache/mnv3_jax`) and registers their
+  custom calls. Returns False (and `mnv3_jax.depthwise` and `mnv3_jax.conv` fall back to pure XLA)
+  when there is no compiler or the build fails.
 """
 import ctypes
 import functools
@@ -27,9 +28,11 @@ TCMALLOC_DIRS = ('/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/us
                  '/usr/local/lib')
 _REEXEC_MARK = 'MNV3_TCMALLOC_REEXEC'   # set in the re-executed process: never loop
 
-SOURCE = Path(__file__).parent / 'csrc' / 'depthwise_cpu.cc'
+CSRC = Path(__file__).parent / 'csrc'
+SOURCES = (CSRC / 'depthwise_cpu.cc', CSRC / 'conv_cpu.cc')
+HEADERS = (CSRC / 'cpu_common.h',)
 TARGETS = ('Mnv3DepthwiseForward', 'Mnv3DepthwiseFusedForward', 'Mnv3DepthwiseInputGrad',
-           'Mnv3DepthwiseWeightGrad')
+           'Mnv3DepthwiseWeightGrad', 'Mnv3ConvFusedForward')
 
 _log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def _build(include_dir: str) -> Optional[Path]:
   import jaxlib   # pylint: disable=import-outside-toplevel
   flags = ['-O3', '-march=native', '-std=c++17', '-shared', '-fPIC']
   key = hashlib.sha256(b'\0'.join([
-      SOURCE.read_bytes(), jaxlib.__version__.encode(), platform.machine().encode(),
+      *(f.read_bytes() for f in SOURCES + HEADERS), jaxlib.__version__.encode(), platform.machine().encode(),
       platform.node().encode(), ' '.join([compiler, *flags]).encode()])).hexdigest()[:16]
   target = _cache_dir() / f'depthwise_cpu-{key}.so'
   if target.exists():
@@ -96,7 +99,7 @@ def _build(include_dir: str) -> Optional[Path]:
   target.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
     out = Path(tmp) / target.name
-    cmd = [compiler, *flags, f'-I{include_dir}', str(SOURCE), '-o', str(out)]
+    cmd = [compiler, *flags, f'-I{include_dir}', *map(str, SOURCES), '-o', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       _log.warning('Building the native depthwise kernels failed (%s); using pure XLA.\n%s',

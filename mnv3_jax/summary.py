@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mnv3_jax import depthwise, layers, pointwise
+from mnv3_jax import conv, depthwise, layers, pointwise
 from mnv3_jax import model as model_lib
 
 # Modules whose MACs are output elements x kernel fan-in; every other leaf module counts 0.
-MAC_MODULES = (nn.Conv, nn.Dense, pointwise.Pointwise, depthwise.DepthwiseConv)
+MAC_MODULES = (nn.Conv, conv.Conv, nn.Dense, pointwise.Pointwise, depthwise.DepthwiseConv)
 
 
 def _size(tree) -> int:

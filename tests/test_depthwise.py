@@ -90,13 +90,19 @@ def test_fused_inference_matches_unfused_ops(dtype, tol):
         a, b = (x, kernel) if impl == 'native' else (x.astype(jnp.float32),
                                                      kernel.astype(jnp.float32))
         y, vjp = jax.vjp(f, a, b)
-        out.append((y, *vjp(jnp.ones_like(y))))
+        # pool=True: the same y and its per-image channel sums (the squeeze-and-excite pool).
+        y_pooled, sums = depthwise.fused_depthwise_conv(a, b, stride, pads, impl, pre, post,
+                                                        pool=True)
+        out.append((y, *vjp(jnp.ones_like(y)), y_pooled, sums))
     return out
 
   results = run(x, kernel)
   for got, want in zip(results[0::2], results[1::2]):
-    assert got[0].dtype == dtype
-    for g, r in zip(got if dtype == jnp.float32 else got[:1], want):
+    assert got[0].dtype == got[3].dtype == dtype
+    assert got[4].shape == (2, c) and got[4].dtype == jnp.float32
+    _assert_close(got[3], want[0], tol)
+    _assert_close(got[4], jnp.sum(want[0], axis=(1, 2)), tol)
+    for g, r in zip(got[:3] if dtype == jnp.float32 else got[:1], want):
       _assert_close(g, r, tol)
 
 
@@ -155,6 +161,12 @@ def test_module_param_layout_and_model_equal_across_impls():
   base = model.MobileNetV3(variant='small', num_classes=10, depthwise_impl='conv')
   variables = model.init_variables(base, jax.random.key(1), (32, 32))
   assert variables['params']['block_3']['depthwise']['conv']['kernel'].shape == (5, 5, 1, 96)
+  # Running statistics away from (0, 1), so that the BatchNorm folds (into 1x1 weights, into the
+  # native kernels) have something to get wrong.
+  stats, tree = jax.tree.flatten(variables['batch_stats'])
+  stats = [v + jnp.abs(jax.random.normal(k, v.shape)) for v, k in
+           zip(stats, jax.random.split(jax.random.key(2), len(stats)))]
+  variables = {**variables, 'batch_stats': jax.tree.unflatten(tree, stats)}
 
   def loss(params, impl):
     m = model.MobileNetV3(variant='small', num_classes=10, depthwise_impl=impl)

@@ -5,90 +5,9 @@
 // and the weight gradient of y[n,ho,wo,c] = sum_{i,j} x[n, ho*s+i-pt, wo*s+j-pl, c] * w[i,j,c]
 // (zero outside the image). Rows are split over XLA's intra-op thread pool; channels are
 // processed 8 at a time with GCC vector extensions, so the compiler emits AVX or NEON code.
-#include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <cstdint>
-#include <cstring>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <type_traits>
-#include <vector>
-
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "cpu_common.h"
 
 namespace {
-
-struct Shared {
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t n = 0;
-  std::function<void(int64_t)> fn;
-  std::mutex m;
-  std::condition_variable cv;
-};
-
-// Runs fn(0..n-1) on the calling thread and the intra-op pool. The caller takes items too, so
-// this finishes even when no pool thread is free; late helpers find no item left and return.
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  auto sh = std::make_shared<Shared>();
-  sh->n = n;
-  sh->fn = std::move(fn);
-  auto work = [sh]() {
-    for (int64_t i; (i = sh->next.fetch_add(1)) < sh->n;) {
-      sh->fn(i);
-      if (sh->done.fetch_add(1) + 1 == sh->n) {
-        std::lock_guard<std::mutex> lock(sh->m);
-        sh->cv.notify_all();
-      }
-    }
-  };
-  for (int64_t h = 0; h < helpers; ++h) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(sh->m);
-  sh->cv.wait(lock, [&] { return sh->done.load() == sh->n; });
-}
-
-constexpr int kV = 8;        // channels per inner block
-constexpr int kMaxK = 7;
-typedef float v8 __attribute__((vector_size(32), aligned(4)));   // unaligned loads/stores
-inline v8 Ld(const float* p) { return *reinterpret_cast<const v8*>(p); }
-inline void St(float* p, v8 v) { *reinterpret_cast<v8*>(p) = v; }
-
-inline float ToF(float v) { return v; }
-inline float ToF(uint16_t v) { uint32_t u = uint32_t(v) << 16; float f; std::memcpy(&f, &u, 4); return f; }
-inline void FromF(float v, float* p) { *p = v; }
-inline void FromF(float v, uint16_t* p) {
-  uint32_t u; std::memcpy(&u, &v, 4); u += 0x7fffu + ((u >> 16) & 1u); *p = uint16_t(u >> 16);
-}
-
-// Row n of an (rows, len) array as float32: the array itself for float, else converted into buf.
-inline const float* RowF(const float* a, int64_t n, int64_t len, float*) { return a + n * len; }
-inline const float* RowF(const uint16_t* a, int64_t n, int64_t len, float* buf) {
-  const uint16_t* p = a + n * len;
-  for (int64_t q = 0; q < len; ++q) buf[q] = ToF(p[q]);
-  return buf;
-}
-inline void StoreRow(const float* src, float* dst, int64_t len) { std::memcpy(dst, src, len * 4); }
-inline void StoreRow(const float* src, uint16_t* dst, int64_t len) {
-  for (int64_t q = 0; q < len; ++q) FromF(src[q], dst + q);
-}
-
-inline int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-struct Geom {
-  int64_t N, H, W, C, Ho, Wo, k, s, pt, pl;
-};
 
 // Output columns [lo, hi) of a row correlation out[t] = sum_j in[t*s + j - p] whose taps are all
 // inside [0, n_in).
@@ -166,57 +85,123 @@ void CorrRow(const float* const* rows, int64_t k, const float* w, int64_t ws_i, 
   }
 }
 
-// A per-channel affine map and activation, v -> act(v * a[c] + b[c]): BatchNorm with running
-// statistics folded in, then the layer's activation. kNone leaves values untouched.
-enum Act : int64_t { kNone = -1, kLinear = 0, kRelu = 1, kHardSwish = 2 };
-struct Affine {
-  const float* a = nullptr;
-  const float* b = nullptr;
-  int64_t act = kNone;
-};
-
-inline v8 Activate(v8 v, int64_t act) {
-  const v8 zero{};
-  if (act == kRelu) return v > zero ? v : zero;
-  if (act == kHardSwish) {
-    const v8 three = zero + 3.f, six = zero + 6.f;
-    v8 t = v + three;
-    t = t > zero ? t : zero;
-    t = t < six ? t : six;
-    return v * (t * (1.f / 6.f));
+// One output row of the forward pass, G output columns at a time: out[t, c] = sum_{i, j}
+// rows[i][t*S + j, c] * w[i, j, c]. rows[i] are zero-padded input rows (column 0 is input column
+// -pl; nullptr: a row outside the image) with Cp (a multiple of kV) channels; w is (K, K, Cp).
+// With K and S known at compile time the taps unroll, each input vector is loaded once per row
+// and used by every output column that reads it, and the K weights of a row stay in registers.
+template <int K, int S, int G>
+inline void OutBlock(const float* const* rows, const float* w, int64_t Cp, int64_t t0,
+                     float* out) {
+  constexpr int kSpan = (G - 1) * S + K;
+  for (int64_t c = 0; c < Cp; c += kV) {
+    v8 a[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) a[g] = v8{};
+#pragma GCC unroll 7
+    for (int i = 0; i < K; ++i) {
+      if (!rows[i]) continue;
+      v8 wv[K];
+#pragma GCC unroll 7
+      for (int j = 0; j < K; ++j) wv[j] = Ld(w + (i * K + j) * Cp + c);
+      const float* xr = rows[i] + t0 * S * Cp + c;
+#pragma GCC unroll 32
+      for (int u = 0; u < kSpan; ++u) {
+        const v8 xv = Ld(xr + u * Cp);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g) {
+          const int j = u - g * S;
+          if (j >= 0 && j < K) a[g] += xv * wv[j];
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) St(out + (t0 + g) * Cp + c, a[g]);
   }
-  return v;
 }
 
-inline float Activate(float v, int64_t act) {
-  if (act == kRelu) return v > 0.f ? v : 0.f;
-  if (act == kHardSwish) return v * (std::min(std::max(v + 3.f, 0.f), 6.f) * (1.f / 6.f));
-  return v;
+// Strides other than 1 and 2: one output column at a time.
+template <int K>
+inline void OutColumn(const float* const* rows, const float* w, int64_t Cp, int64_t s, int64_t t,
+                      float* out) {
+  for (int64_t c = 0; c < Cp; c += kV) {
+    v8 a = v8{};
+    for (int i = 0; i < K; ++i) {
+      if (!rows[i]) continue;
+      const float* xr = rows[i] + t * s * Cp + c;
+#pragma GCC unroll 7
+      for (int j = 0; j < K; ++j) a += Ld(xr + j * Cp) * Ld(w + (i * K + j) * Cp + c);
+    }
+    St(out + t * Cp + c, a);
+  }
 }
 
-// Applies f in place to `pixels` consecutive rows of C channels.
-void ApplyAffine(const Affine& f, int64_t pixels, int64_t C, float* v) {
-  if (f.act == kNone) return;
-  for (int64_t p = 0; p < pixels; ++p, v += C) {
-    int64_t c = 0;
-    for (; c + kV <= C; c += kV) St(v + c, Activate(Ld(v + c) * Ld(f.a + c) + Ld(f.b + c), f.act));
-    for (; c < C; ++c) v[c] = Activate(v[c] * f.a[c] + f.b[c], f.act);
+template <int K, int S>
+void OutRowT(const float* const* rows, const float* w, int64_t Cp, int64_t s, int64_t n_out,
+             float* out) {
+  if (S == 0) {
+    for (int64_t t = 0; t < n_out; ++t) OutColumn<K>(rows, w, Cp, s, t, out);
+    return;
+  }
+  constexpr int G = (K <= 5 && S == 1) ? 8 : 4;   // G accumulators + K weights + 1 input in 16 registers
+  constexpr int S1 = S > 0 ? S : 1;
+  int64_t t = 0;
+  for (; t + G <= n_out; t += G) OutBlock<K, S1, G>(rows, w, Cp, t, out);
+  if (t + 4 <= n_out) { OutBlock<K, S1, 4>(rows, w, Cp, t, out); t += 4; }
+  if (t + 2 <= n_out) { OutBlock<K, S1, 2>(rows, w, Cp, t, out); t += 2; }
+  if (t < n_out) OutBlock<K, S1, 1>(rows, w, Cp, t, out);
+}
+
+using OutRowFn = void (*)(const float* const*, const float*, int64_t, int64_t, int64_t, float*);
+
+template <int K>
+OutRowFn PickStride(int64_t s) {
+  return s == 1 ? OutRowT<K, 1> : s == 2 ? OutRowT<K, 2> : OutRowT<K, 0>;
+}
+
+OutRowFn PickOutRow(int64_t k, int64_t s) {
+  switch (k) {
+    case 1: return PickStride<1>(s);
+    case 2: return PickStride<2>(s);
+    case 3: return PickStride<3>(s);
+    case 4: return PickStride<4>(s);
+    case 5: return PickStride<5>(s);
+    case 6: return PickStride<6>(s);
+    default: return PickStride<7>(s);
   }
 }
 
 // y[n, ho, wo, c] = post(sum_{i, j} pre(x)[n, ho*s+i-pt, wo*s+j-pl, c] * w[i, j, c]), where
-// pre(x) is zero outside the image. Input rows that need converting (bfloat16) or a prologue
-// are transformed once into a ring of k float rows: k consecutive rows never share a slot.
+// pre(x) is zero outside the image. Each input row is read once: converted to float32, mapped by
+// `pre` and stored zero-padded (columns and channels, to a multiple of kV) in a ring of k rows
+// (k consecutive rows never share a slot), where the k output rows that read it find it in cache.
+// With `sums` (N, C), also sums[n, c] = sum_{ho, wo} y[n, ho, wo, c] (before any rounding to T).
 template <typename T>
 void Forward(ffi::ThreadPool& pool, const Geom& g, const T* x, const float* w, T* y,
-             const Affine& pre = {}, const Affine& post = {}) {
+             const Affine& pre = {}, const Affine& post = {}, float* sums = nullptr) {
   const int64_t rows = g.N * g.Ho;
   const int64_t chunks = std::min<int64_t>(rows, 4 * std::max<int64_t>(1, pool.num_threads()));
-  const bool transform = pre.act != kNone || !std::is_same<T, float>::value;
-  const int64_t row_len = g.W * g.C;
+  const int64_t Cp = (g.C + kV - 1) / kV * kV;
+  const int64_t pr = std::max<int64_t>(0, (g.Wo - 1) * g.s + g.k - g.pl - g.W);
+  const int64_t Wp = g.pl + g.W + pr;
+  std::vector<float> wp(g.k * g.k * Cp, 0.f);
+  for (int64_t q = 0; q < g.k * g.k; ++q) std::memcpy(&wp[q * Cp], w + q * g.C, g.C * 4);
+  const std::vector<float> pre_a = Padded(pre.a, g.C, Cp, 1.f), pre_b = Padded(pre.b, g.C, Cp, 0.f);
+  const std::vector<float> post_a = Padded(post.a, g.C, Cp, 1.f), post_b = Padded(post.b, g.C, Cp, 0.f);
+  const Affine pre_p{pre_a.data(), pre_b.data(), pre.act}, post_p{post_a.data(), post_b.data(), post.act};
+  const OutRowFn out_row = PickOutRow(g.k, g.s);
+  std::mutex sums_mutex;
+  if (sums) std::fill(sums, sums + g.N * g.C, 0.f);
   ParallelFor(pool, chunks, [&](int64_t ch) {
-    std::vector<float> out(g.Wo * g.C), ring(transform ? g.k * row_len : 0);
+    std::vector<float> out(g.Wo * Cp), ring(g.k * Wp * Cp, 0.f), acc(sums ? Cp : 0, 0.f);
     std::vector<int64_t> tag(g.k, -1);
+    int64_t acc_n = -1;
+    auto flush = [&]() {
+      if (acc_n < 0) return;
+      std::lock_guard<std::mutex> lock(sums_mutex);
+      for (int64_t c = 0; c < g.C; ++c) sums[acc_n * g.C + c] += acc[c];
+      std::fill(acc.begin(), acc.end(), 0.f);
+    };
     for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
       const int64_t n = r / g.Ho, ho = r % g.Ho;
       const float* xr[kMaxK];
@@ -227,30 +212,28 @@ void Forward(ffi::ThreadPool& pool, const Geom& g, const T* x, const float* w, T
           continue;
         }
         const int64_t key = n * g.H + h;
-        if (!transform) {
-          xr[i] = reinterpret_cast<const float*>(x) + key * row_len;
-          continue;
-        }
-        float* slot = ring.data() + (h % g.k) * row_len;
+        float* slot = ring.data() + (h % g.k) * Wp * Cp;
         if (tag[h % g.k] != key) {
-          const float* src = RowF(x, key, row_len, slot);
-          if (src != slot) std::memcpy(slot, src, row_len * sizeof(float));
-          ApplyAffine(pre, g.W, g.C, slot);
+          float* dst = slot + g.pl * Cp;
+          LoadRow(x + key * g.W * g.C, g.W, g.C, Cp, dst);
+          ApplyAffine(pre_p, g.W, Cp, dst);
           tag[h % g.k] = key;
         }
         xr[i] = slot;
       }
-      if (!transform) {   // the input rows the next output row adds: fetch them while computing
-        for (int64_t h = (ho + 1) * g.s + g.k - g.s - g.pt; h < (ho + 1) * g.s + g.k - g.pt; ++h) {
-          if (ho + 1 >= g.Ho || h < 0 || h >= g.H) continue;
-          const char* row = reinterpret_cast<const char*>(x + (n * g.H + h) * row_len);
-          for (int64_t b = 0; b < row_len * 4; b += 64) __builtin_prefetch(row + b);
+      out_row(xr, wp.data(), Cp, g.s, g.Wo, out.data());
+      ApplyAffine(post_p, g.Wo, Cp, out.data());
+      if (sums) {
+        if (n != acc_n) {
+          flush();
+          acc_n = n;
         }
+        for (int64_t col = 0; col < g.Wo; ++col)
+          for (int64_t c = 0; c < Cp; c += kV) St(&acc[c], Ld(&acc[c]) + Ld(&out[col * Cp + c]));
       }
-      CorrRow(xr, g.k, w, g.k, 1, g.W, g.Wo, g.C, g.s, g.pl, out.data());
-      ApplyAffine(post, g.Wo, g.C, out.data());
-      StoreRow(out.data(), y + r * g.Wo * g.C, g.Wo * g.C);
+      StoreRow(out.data(), g.Wo, g.C, Cp, y + r * g.Wo * g.C);
     }
+    if (sums) flush();
   });
 }
 
@@ -362,19 +345,6 @@ void WeightGrad(ffi::ThreadPool& pool, const Geom& g, const T* x, const T* dy, f
   }
 }
 
-template <typename F>
-ffi::Error Dispatch(ffi::DataType t, int64_t k, F f) {
-  if (k < 1 || k > kMaxK) return ffi::Error::InvalidArgument("depthwise kernel size must be 1..7");
-  if (t == ffi::DataType::F32) {
-    f(float{});
-  } else if (t == ffi::DataType::BF16) {
-    f(uint16_t{});
-  } else {
-    return ffi::Error::InvalidArgument("depthwise kernels take float32 or bfloat16");
-  }
-  return ffi::Error::Success();
-}
-
 ffi::Error DwForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> w,
                      ffi::Result<ffi::AnyBuffer> y, int64_t k, int64_t s, int64_t pt, int64_t pl) {
   auto xd = x.dimensions(), yd = y->dimensions();
@@ -389,7 +359,8 @@ ffi::Error DwForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F3
 ffi::Error DwFusedForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> pre_a,
                           ffi::Buffer<ffi::F32> pre_b, ffi::Buffer<ffi::F32> w,
                           ffi::Buffer<ffi::F32> post_a, ffi::Buffer<ffi::F32> post_b,
-                          ffi::Result<ffi::AnyBuffer> y, int64_t k, int64_t s, int64_t pt,
+                          ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> sums,
+                          int64_t k, int64_t s, int64_t pt,
                           int64_t pl, int64_t pre_act, int64_t post_act) {
   auto xd = x.dimensions(), yd = y->dimensions();
   const Geom g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], k, s, pt, pl};
@@ -403,7 +374,7 @@ ffi::Error DwFusedForward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Buffer<ff
   return Dispatch(x.element_type(), k, [&](auto t) {
     using T = decltype(t);
     Forward(pool, g, static_cast<const T*>(x.untyped_data()), w.typed_data(),
-            static_cast<T*>(y->untyped_data()), pre, post);
+            static_cast<T*>(y->untyped_data()), pre, post, sums->typed_data());
   });
 }
 
@@ -451,7 +422,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Mnv3DepthwiseFusedForward, DwFusedForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>() MNV3_DW_ATTRS
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() MNV3_DW_ATTRS
                                   .Attr<int64_t>("pre_act")
                                   .Attr<int64_t>("post_act"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Mnv3DepthwiseInputGrad, DwInputGrad,
