@@ -57,24 +57,13 @@ void ConvForward(ffi::ThreadPool& pool, const Geom& g, int64_t Co, const T* x, c
   const std::vector<float> post_a = Padded(post.a, Co, Cop, 1.f), post_b = Padded(post.b, Co, Cop, 0.f);
   const Affine post_p{post_a.data(), post_b.data(), post.act};
   ParallelFor(pool, chunks, [&](int64_t ch) {
-    std::vector<float> out(g.Wo * Cop), ring(g.k * Wp * g.C, 0.f);
-    std::vector<int64_t> tag(g.k, -1);
+    std::vector<float> out(g.Wo * Cop);
+    RowRing ring(g, Wp * g.C);
     for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
-      const int64_t n = r / g.Ho, ho = r % g.Ho;
       const float* xr[kMaxK];
-      for (int64_t i = 0; i < g.k; ++i) {
-        const int64_t h = ho * g.s + i - g.pt;
-        if (h < 0 || h >= g.H) {
-          xr[i] = nullptr;
-          continue;
-        }
-        float* slot = ring.data() + (h % g.k) * Wp * g.C;
-        if (tag[h % g.k] != n * g.H + h) {
-          LoadRow(x + (n * g.H + h) * g.W * g.C, g.W, g.C, g.C, slot + g.pl * g.C);
-          tag[h % g.k] = n * g.H + h;
-        }
-        xr[i] = slot;
-      }
+      ring.Gather(r / g.Ho, r % g.Ho, xr, [&](int64_t key, float* slot) {
+        LoadRow(x + key * g.W * g.C, g.W, g.C, g.C, slot + g.pl * g.C);
+      });
       int64_t t = 0;
       for (; t + 4 <= g.Wo; t += 4) ConvColumns<4>(xr, g.k, g.C, wp.data(), Cop, g.s, t, out.data());
       for (; t < g.Wo; ++t) ConvColumns<1>(xr, g.k, g.C, wp.data(), Cop, g.s, t, out.data());

@@ -128,6 +128,40 @@ void ApplyAffine(const Affine& f, int64_t pixels, int64_t C, float* v) {
   }
 }
 
+// The k input rows that one output row of a kxk conv reads, each loaded once into a ring of k
+// slots of `width` floats (k consecutive input rows never share a slot), zero-initialised so that
+// padding columns stay zero. Gather sets rows[i] to input row ho*s + i - pt of image n, or nullptr
+// outside the image; load(n * H + h, slot) fills a slot whose row is not there yet.
+class RowRing {
+ public:
+  RowRing(const Geom& g, int64_t width) : g_(g), width_(width), buf_(g.k * width, 0.f),
+                                          tag_(g.k, -1) {}
+
+  template <typename Load>
+  void Gather(int64_t n, int64_t ho, const float** rows, Load&& load) {
+    for (int64_t i = 0; i < g_.k; ++i) {
+      const int64_t h = ho * g_.s + i - g_.pt;
+      if (h < 0 || h >= g_.H) {
+        rows[i] = nullptr;
+        continue;
+      }
+      const int64_t key = n * g_.H + h;
+      float* slot = buf_.data() + (h % g_.k) * width_;
+      if (tag_[h % g_.k] != key) {
+        load(key, slot);
+        tag_[h % g_.k] = key;
+      }
+      rows[i] = slot;
+    }
+  }
+
+ private:
+  const Geom& g_;
+  int64_t width_;
+  std::vector<float> buf_;
+  std::vector<int64_t> tag_;
+};
+
 // Copies `cols` columns of C channels from src to dst, whose columns are Cp >= C apart.
 template <typename T>
 inline void LoadRow(const T* src, int64_t cols, int64_t C, int64_t Cp, float* dst) {

@@ -193,8 +193,8 @@ void Forward(ffi::ThreadPool& pool, const Geom& g, const T* x, const float* w, T
   std::mutex sums_mutex;
   if (sums) std::fill(sums, sums + g.N * g.C, 0.f);
   ParallelFor(pool, chunks, [&](int64_t ch) {
-    std::vector<float> out(g.Wo * Cp), ring(g.k * Wp * Cp, 0.f), acc(sums ? Cp : 0, 0.f);
-    std::vector<int64_t> tag(g.k, -1);
+    std::vector<float> out(g.Wo * Cp), acc(sums ? Cp : 0, 0.f);
+    RowRing ring(g, Wp * Cp);
     int64_t acc_n = -1;
     auto flush = [&]() {
       if (acc_n < 0) return;
@@ -205,22 +205,11 @@ void Forward(ffi::ThreadPool& pool, const Geom& g, const T* x, const float* w, T
     for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
       const int64_t n = r / g.Ho, ho = r % g.Ho;
       const float* xr[kMaxK];
-      for (int64_t i = 0; i < g.k; ++i) {
-        const int64_t h = ho * g.s + i - g.pt;
-        if (h < 0 || h >= g.H) {
-          xr[i] = nullptr;
-          continue;
-        }
-        const int64_t key = n * g.H + h;
-        float* slot = ring.data() + (h % g.k) * Wp * Cp;
-        if (tag[h % g.k] != key) {
-          float* dst = slot + g.pl * Cp;
-          LoadRow(x + key * g.W * g.C, g.W, g.C, Cp, dst);
-          ApplyAffine(pre_p, g.W, Cp, dst);
-          tag[h % g.k] = key;
-        }
-        xr[i] = slot;
-      }
+      ring.Gather(n, ho, xr, [&](int64_t key, float* slot) {
+        float* dst = slot + g.pl * Cp;
+        LoadRow(x + key * g.W * g.C, g.W, g.C, Cp, dst);
+        ApplyAffine(pre_p, g.W, Cp, dst);
+      });
       out_row(xr, wp.data(), Cp, g.s, g.Wo, out.data());
       ApplyAffine(post_p, g.Wo, Cp, out.data());
       if (sums) {
