@@ -25,10 +25,10 @@ import pytest
 from PIL import Image
 
 from configs import small
-from mnv3_jax import checkpointing, convert, input_pipeline, pretrained, sharding, steps, train
+from mnv3_jax import convert, input_pipeline, pretrained, train
 from mnv3_jax.model import MobileNetV3
 from tests.test_multihost import main_flags
-from tests.test_train import _restore_params, steps_per_epoch, tiny_config
+from tests.test_train import _restore_params, restore_state, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_STEPS = 8
@@ -235,21 +235,9 @@ def test_non_finite_loss_stops_with_the_step_and_metric(data_dir, tmp_path):
   step = int(match.group(3))
   saved = _steps(workdir / 'checkpoints')
   assert saved and max(saved) == step - 1, (saved, step)
-  state, restored_step = _restore(config, workdir)
+  state, restored_step = restore_state(config, workdir)
   assert restored_step == step - 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
-
-
-def _restore(config, workdir):
-  ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
-  mesh = sharding.make_mesh()
-  model = train.build_model(config.model)
-  schedule, tx = train.build_optimizer(config, steps_per_epoch(config))
-  init_fn, _, _ = steps.jit_steps(model, tx, schedule, config, mesh)
-  try:
-    return ckpt.restore(train.abstract_train_state(init_fn, mesh))
-  finally:
-    ckpt.close()
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:

@@ -117,14 +117,21 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def _restore_params(config, workdir):
+def restore_state(config, workdir):
+  """(train state, step) of the newest checkpoint of a run of `config` in `workdir`."""
   ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
   mesh = sharding.make_mesh()
   model = train.build_model(config.model)
   schedule, tx = train.build_optimizer(config, steps_per_epoch(config))
   init_fn, _, _ = steps.jit_steps(model, tx, schedule, config, mesh)
-  state, step = ckpt.restore(train.abstract_train_state(init_fn, mesh))
-  ckpt.close()
+  try:
+    return ckpt.restore(train.abstract_train_state(init_fn, mesh))
+  finally:
+    ckpt.close()
+
+
+def _restore_params(config, workdir):
+  state, step = restore_state(config, workdir)
   assert step == config.num_train_steps
   return jax.device_get(state)
 
