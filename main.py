@@ -17,7 +17,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mnv3_jax import distributed, train
+from mnv3_jax.parallel import distributed
+from mnv3_jax.train import trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and config go.')
@@ -44,7 +45,7 @@ def main(argv):
   logging.info('JAX process %d of %d; %d local / %d global devices: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   with distributed.fail_fast():
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ Ceilings, measured here first: dense matmul FLOP/s (--matmul square, --dtype) an
 (read + write of a --copy_mib MiB buffer). Then, per variant, over a 'data' mesh of every local
 device (`mnv3_jax.sharding`): the real `steps.train_step` (RMSProp, EMA, metrics) and jitted
 inference, median of --steps timed calls after 3 warm-up calls. Achieved FLOP/s counts 2 FLOPs per
-multiply-accumulate of `mnv3_jax.summary` (forward) and 3x the forward for a train step (forward,
+multiply-accumulate of `mnv3_jax.model.summary` (forward) and 3x the forward for a train step (forward,
 input and weight gradients); the update and the elementwise work are not counted. Prints a
 Markdown table (docs/BENCHMARKS.md, "Accelerators", holds the runs there are).
 
@@ -28,7 +28,10 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from mnv3_jax import model as model_lib
-from mnv3_jax import optim, sharding, steps, summary
+from mnv3_jax.train import optim
+from mnv3_jax.parallel import sharding
+from mnv3_jax.train import steps
+from mnv3_jax.model import summary
 
 flags.DEFINE_list('variants', ['small', 'large'], 'small and/or large.')
 flags.DEFINE_integer('batch', 256, 'Global batch (a multiple of the local device count).')

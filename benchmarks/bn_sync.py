@@ -30,7 +30,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default
-from mnv3_jax import sharding, steps, train
+from mnv3_jax.parallel import sharding
+from mnv3_jax.train import steps
+from mnv3_jax.train import trainer
 
 flags.DEFINE_string('variant', 'small', 'large or small')
 flags.DEFINE_float('width', 1.0, 'Width multiplier.')
@@ -70,8 +72,8 @@ def bn_channels(params) -> tuple:
 
 
 def measure(config, mesh, batch):
-  model = train.build_model(config.model)
-  schedule, tx = train.build_optimizer(config, steps_per_epoch=1000)
+  model = trainer.build_model(config.model)
+  schedule, tx = trainer.build_optimizer(config, steps_per_epoch=1000)
   init_fn, train_fn, _ = steps.jit_steps(model, tx, schedule, config, mesh)
   state = init_fn(jax.random.key(0))
   start = time.perf_counter()

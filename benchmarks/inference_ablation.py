@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from mnv3_jax import conv, layers
+from mnv3_jax.ops import conv
+from mnv3_jax.model import blocks
 from mnv3_jax import model as model_lib
 
 flags.DEFINE_integer('batch', 32, 'Images per call.')
@@ -34,10 +35,10 @@ FLAGS = flags.FLAGS
 
 
 def _stem(impl: str):
-  pads = layers.spatial_padding((1, 224, 224, 3), 3, 2, 'same')
+  pads = blocks.spatial_padding((1, 224, 224, 3), 3, 2, 'same')
   post_scale, post_shift = jnp.full((16,), 0.5), jnp.full((16,), 0.1)
   return jax.jit(lambda x, w: conv.fused_conv(
-      x, w, 2, pads, impl, (post_scale, post_shift, layers.hard_swish)))
+      x, w, 2, pads, impl, (post_scale, post_shift, blocks.hard_swish)))
 
 
 def _network(variant: str, impl: str):

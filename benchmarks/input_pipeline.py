@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mnv3_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+from mnv3_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_integer('num_batches', 100, 'Batches timed per case, after 5 warm-up batches.')
 flags.DEFINE_integer('num_jpegs', 400, 'Training images of the imagenet2012 stand-in.')

@@ -37,7 +37,10 @@ def run_mnv3_jax(mode, variant, batch, steps):
   import functools  # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
-  from mnv3_jax import depthwise, model, optim, steps as steps_lib
+  from mnv3_jax.ops import depthwise
+  from mnv3_jax import model
+  from mnv3_jax.train import optim
+  from mnv3_jax.train import steps as steps_lib
   m = model.MobileNetV3(variant=variant)
   x = jax.random.uniform(jax.random.key(1), (batch, SIZE, SIZE, 3), minval=-1, maxval=1)
   if mode == 'infer':
@@ -98,7 +101,7 @@ def run_keras_tf(mode, variant, batch, steps):
 def _torchvision_model(variant):
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, ROOT)
-  from mnv3_jax import torch_models  # pylint: disable=import-outside-toplevel
+  from tests.interop import torch_models  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(os.cpu_count())
   return torch_models.torchvision_model(variant)
 

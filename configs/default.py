@@ -17,7 +17,7 @@ Config strings (`--config=configs/small.py:width=0.75,res=192`) set the short ke
 """
 import ml_collections
 
-from mnv3_jax import input_pipeline
+from mnv3_jax.data import input_pipeline
 
 # Short keys of the config string -> (config path, type).
 ARG_KEYS = {
@@ -46,12 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = input_pipeline.default_data_config()
   c.batch_size = 4096            # global, over all devices and hosts
   # Training BatchNorm statistics: 'global' (whole batch, all-reduced by XLA) or 'per_device'
-  # (each device's shard, as TF's TPU trainer); see mnv3_jax/steps.py and docs/MULTIHOST.md.
+  # (each device's shard, as TF's TPU trainer); see mnv3_jax/train/steps.py and docs/MULTIHOST.md.
   c.bn_stats = 'global'
   c.num_epochs = 1000.0
   c.num_train_steps = -1         # > 0 overrides num_epochs (tests, smoke runs)
   # Start a fresh run from these weights (params and BN statistics; the optimizer starts anew):
-  # a variables checkpoint (python -m mnv3_jax.import_weights) or a training workdir. '' = none.
+  # a variables checkpoint (python -m mnv3_jax.interop.import_weights) or a training workdir. '' = none.
   c.init_from = ''
   c.optim = ml_collections.ConfigDict(dict(
       base_learning_rate=0.01, base_batch_size=4096, warmup_epochs=5.0,

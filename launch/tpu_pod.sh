@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains on a Cloud TPU VM slice (v4/v5e/v5p, any number of hosts) from your workstation:
 # every worker gets this checkout and runs the same `python3 main.py ...`; jax finds the other
-# workers by itself (mnv3_jax/distributed.py). Needs gcloud, authenticated, and an existing TPU VM.
+# workers by itself (mnv3_jax/parallel/distributed.py). Needs gcloud, authenticated, and an existing TPU VM.
 #
 #   export TPU_NAME=my-pod ZONE=us-central2-b
 #   launch/tpu_pod.sh setup

@@ -18,7 +18,7 @@ for act in $activations; do
   # The trainer's EMA top-1 on the same 300 test images, for comparison.
   flax_top1=$(cat "$run"/best/*/metrics/metrics \
     | $py -c 'import json, sys; print(json.load(sys.stdin)["ema_top1"])')
-  $py -m mnv3_jax.benchmark_tflite --export_dir="$run.export" --runs=200 \
+  $py -m mnv3_jax.export.benchmark --export_dir="$run.export" --runs=200 \
     | sed "s/^{/{\"activation\": \"$act\", \"flax_ema_top1\": $flax_top1, /" \
     | tee -a "$root/results.jsonl"
 done

@@ -1,0 +1,4 @@
+"""`python -m mnv3_jax.export`: the exporter's command line (`mnv3_jax.export.tflite`)."""
+from mnv3_jax.export import tflite
+
+tflite.cli()

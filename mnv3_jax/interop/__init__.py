@@ -1,0 +1,1 @@
+"""Weights in: Keras, torchvision and timm converters, variables checkpoints, the import CLI."""

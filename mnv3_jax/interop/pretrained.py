@@ -1,0 +1,188 @@
+"""Trained weights on disk: variables checkpoints, training workdirs, and `config.init_from`.
+
+A variables checkpoint is a directory written by `save` (`python -m mnv3_jax.interop.import_weights`):
+  model.json   the MobileNetV3 options the weights compute with (variant, width, padding, ...)
+  variables/   an orbax checkpoint of {'params', 'batch_stats'} (float32, unsharded)
+`load` reads one, a training workdir (its best checkpoint by EMA top-1, else its latest; the EMA
+weights by default) or one step of a workdir (`WORKDIR/checkpoints/STEP`, `WORKDIR/best/STEP`).
+
+`config.init_from` (a path `load` reads) starts training from such weights: `check_init_from`
+validates it against `config.model` from metadata only (before anything compiles) and
+`init_variables` loads it; the optimizer state starts fresh.
+"""
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+from mnv3_jax import model as model_lib
+
+# Options that change what the weights compute; the others (dropout, dtype, BN momentum, the
+# depthwise implementation) may differ between the weights' source and their use.
+COMPUTE_OPTIONS = ('variant', 'width', 'minimalistic', 'num_classes', 'activation', 'se',
+                   'se_gate', 'stem_filters', 'last_stage', 'padding', 'bn_epsilon', 'input_norm')
+WEIGHTS = ('ema', 'raw')
+_MODEL_JSON, _VARIABLES, _CONFIG_JSON = 'model.json', 'variables', 'config.json'
+
+
+def model_options(model: model_lib.MobileNetV3) -> Dict[str, Any]:
+  """The fields of a MobileNetV3 as a JSON-able dict (what `MobileNetV3(**options)` rebuilds)."""
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.name not in ('parent', 'name')}
+
+
+def save(directory, variables: Dict[str, Any], model: model_lib.MobileNetV3) -> None:
+  """Writes {'params', 'batch_stats'} of `model` and its options as a variables checkpoint.
+
+  Raises ValueError if `directory` exists and is not empty, or if `variables` does not fit `model`.
+  """
+  directory = epath.Path(directory)
+  if directory.exists() and any(directory.iterdir()):
+    raise ValueError(f'{directory} exists and is not empty; choose a new directory.')
+  variables = {k: variables[k] for k in ('params', 'batch_stats')}
+  check_fits(jax.tree.map(np.shape, variables), model, str(directory))
+  directory.mkdir(parents=True, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory / _VARIABLES, jax.tree.map(np.asarray, variables))
+  (directory / _MODEL_JSON).write_text(json.dumps(model_options(model), indent=2) + '\n')
+
+
+def _step_dirs(parent: epath.Path) -> Dict[int, epath.Path]:
+  if not parent.is_dir():
+    return {}
+  return {int(p.name): p for p in parent.iterdir() if p.name.isdigit()
+          and (p / 'default').is_dir()}
+
+
+def _ema_top1(step_dir: epath.Path) -> float:
+  try:
+    return float(json.loads((step_dir / 'metrics' / 'metrics').read_text())['ema_top1'])
+  except (OSError, KeyError, ValueError):
+    return float('-inf')
+
+
+def resolve(path) -> Tuple[str, epath.Path, Dict[str, Any]]:
+  """What `path` is: ('variables' | 'train_state', the orbax item directory, the JSON config).
+
+  The config is model.json's options for a variables checkpoint, the run's config.json (with
+  'model' and 'data') for a workdir or one of its steps. Raises ValueError if it is neither.
+  """
+  path = epath.Path(path)
+  if (path / _MODEL_JSON).is_file() and (path / _VARIABLES).is_dir():
+    return 'variables', path / _VARIABLES, json.loads((path / _MODEL_JSON).read_text())
+  if (path / 'default').is_dir() and (path.parent.parent / _CONFIG_JSON).is_file():
+    return 'train_state', path / 'default', json.loads(
+        (path.parent.parent / _CONFIG_JSON).read_text())
+  if (path / _CONFIG_JSON).is_file():
+    best, latest = _step_dirs(path / 'best'), _step_dirs(path / 'checkpoints')
+    if best or latest:
+      step_dir = (max(best.values(), key=_ema_top1) if best else latest[max(latest)])
+      return 'train_state', step_dir / 'default', json.loads((path / _CONFIG_JSON).read_text())
+    raise ValueError(f'Workdir {path} has no checkpoint yet (nothing in best/ or checkpoints/).')
+  raise ValueError(f'{path} is neither a variables checkpoint (model.json + variables/), nor a '
+                   'training workdir (config.json + checkpoints/), nor one of its steps.')
+
+
+def _abstract(metadata_tree: Any) -> Any:
+  """Restore targets of a checkpoint's arrays: their shapes and dtypes on the first local device."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      metadata_tree)
+
+
+def _item_metadata(item_dir: epath.Path) -> Any:
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.metadata(item_dir).item_metadata.tree
+
+
+def load(path, weights: str = 'ema') -> Tuple[Dict[str, Any], Dict[str, Any], Optional[Any]]:
+  """Reads weights from a variables checkpoint, a training workdir or one of its steps.
+
+  weights: 'ema' (the moving averages, which the trainer's ema_top1 evaluates) or 'raw'; ignored
+  for a variables checkpoint. Returns ({'params', 'batch_stats'} of numpy arrays, the model's
+  options (a dict for MobileNetV3(**...)), the run's data config dict or None).
+  """
+  if weights not in WEIGHTS:
+    raise ValueError(f'Unknown weights {weights!r}; allowed: {list(WEIGHTS)}.')
+  kind, item_dir, config = resolve(path)
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(item_dir, _abstract(_item_metadata(item_dir)))
+  restored = jax.tree.map(np.asarray, restored)
+  if kind == 'variables':
+    return restored, config, None
+  prefix = 'ema_' if weights == 'ema' else ''
+  variables = {'params': restored[prefix + 'params'],
+               'batch_stats': restored[prefix + 'batch_stats']}
+  return variables, config['model'], config.get('data')
+
+
+def check_fits(shapes: Any, model: model_lib.MobileNetV3, source: str) -> None:
+  """Raises ValueError unless the tree of shapes `shapes` is `model`'s {'params', 'batch_stats'}."""
+  want = traverse_util.flatten_dict(jax.tree.map(np.shape, jax.eval_shape(
+      lambda rng: model_lib.init_variables(model.clone(depthwise_impl='conv'), rng, (32, 32)),
+      jax.random.key(0))), sep='/')
+  have = traverse_util.flatten_dict(shapes, sep='/')
+  diffs = [f'{k}: weights {have.get(k, "absent")}, model {want.get(k, "absent")}'
+           for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+  if diffs:
+    raise ValueError(f'The weights of {source} do not fit the model ({len(diffs)} arrays differ, '
+                     f'e.g. {diffs[:4]}).')
+
+
+def differing_options(first: Dict[str, Any], second: Dict[str, Any]) -> list:
+  """(option, first's value, second's value) for each of COMPUTE_OPTIONS in which two model
+  configs differ; an option missing on either side (written before it existed) is the default."""
+  defaults = model_options(model_lib.MobileNetV3())
+  first, second = ({**defaults, **o} for o in (first, second))
+  return [(k, first[k], second[k]) for k in COMPUTE_OPTIONS if first[k] != second[k]]
+
+
+def _check_options(weights_options: Dict[str, Any], model_config: Dict[str, Any], path) -> None:
+  differing = differing_options(weights_options, model_config)
+  if differing:
+    diffs = [f'model.{k}: weights {w!r}, config {c!r}' for k, w, c in differing]
+    fix = ' '.join(f'--config.model.{k}={w}' for k, w, _ in differing)
+    raise ValueError(f'init_from {path} holds weights of another model than config.model: '
+                     + '; '.join(diffs) + f'. Train with the weights\' options ({fix}); '
+                     'init_from does not re-initialise layers, so the class count must match too.')
+
+
+def check_init_from(path, model: model_lib.MobileNetV3) -> None:
+  """Validates `config.init_from` against `model` (options, then every array's shape).
+
+  Reads only JSON and orbax metadata. Raises ValueError naming what differs.
+  """
+  try:
+    kind, item_dir, config = resolve(path)
+  except ValueError as e:
+    raise ValueError(f'Invalid init_from {path!r}: {e}') from e
+  options = config if kind == 'variables' else config['model']
+  _check_options(options, model_options(model), path)
+  tree = _item_metadata(item_dir)
+  if kind == 'train_state':
+    tree = {'params': tree['ema_params'], 'batch_stats': tree['ema_batch_stats']}
+  check_fits(jax.tree.map(lambda m: tuple(m.shape), tree), model, f'init_from {path}')
+
+
+def init_variables(path, model: model_lib.MobileNetV3) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} (numpy) of `config.init_from`, checked against `model`."""
+  check_init_from(path, model)
+  variables, _, _ = load(path, 'ema')
+  return variables
+
+
+def replace_weights(state, variables: Dict[str, Any], sharding: jax.sharding.Sharding):
+  """`state` (a steps.TrainState) with its weights and their EMAs set to `variables`.
+
+  Each copy gets its own device buffers (from host arrays), so donating the state is safe.
+  """
+  def put(tree):
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+  return state.replace(params=put(variables['params']), batch_stats=put(variables['batch_stats']),
+                       ema_params=put(variables['params']),
+                       ema_batch_stats=put(variables['batch_stats']))

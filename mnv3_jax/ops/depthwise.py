@@ -1,0 +1,300 @@
+"""Depthwise kxk convolution with numerically equal implementations.
+
+- 'conv': `lax.conv_general_dilated` with `feature_group_count = C`, the right lowering on TPU/GPU.
+  XLA's CPU grouped convolution is 35-100x slower than oneDNN's, hence the two below.
+- 'shifted': pure XLA. The forward is a sum over the k*k taps of strided slices times per-channel
+  weights (one fused elementwise loop). A custom VJP keeps only the input for the backward pass
+  (autodiff would save all k*k shifted copies) and computes the input gradient the same way, as
+  a correlation of the (dilated, padded) output gradient with the flipped kernel.
+- 'native': the same custom VJP with forward, input gradient and weight gradient done by C++
+  kernels (`csrc/depthwise_cpu.cc`, built on first use by `ops.native`). The weight
+  gradient, a reduction over N*H*W per tap, is where XLA formulations lose: they materialise a
+  shifted copy of the input per tap. CPU only; float32 and bfloat16 (other dtypes use 'shifted').
+- 'auto': 'native' on CPU when the kernels build, else 'shifted'; 'conv' on other backends
+  (decided at trace time from the default backend).
+
+`fused_depthwise_conv` is the inference form: the previous layer's BatchNorm and activation
+applied to the input, and this layer's applied to the output, optionally also returning the
+per-image channel sums of the output (the squeeze-and-excite pool). On the native path all of it
+happens inside the kernel (one pass over memory instead of four); otherwise as plain XLA ops.
+
+The kernel has Flax's grouped-conv layout (k, k, 1, C) in every implementation, so checkpoints
+do not depend on the choice.
+"""
+import functools
+from typing import Callable, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+from mnv3_jax.model import activations
+from mnv3_jax.ops import native
+
+IMPLS = ('auto', 'conv', 'shifted', 'native')
+NATIVE_DTYPES = (jnp.float32, jnp.bfloat16)
+
+Padding = Tuple[Tuple[int, int], Tuple[int, int]]
+# v -> activation(v * scale + shift) per channel: scale and shift (C,) float32.
+Affine = Tuple[jax.Array, jax.Array, Callable[[jax.Array], jax.Array]]
+# Activations the native kernel applies itself (codes of csrc/cpu_common.h); -1 = none.
+NATIVE_ACTIVATIONS = {activations.identity: 0, nn.relu: 1, activations.hard_swish: 2}
+
+
+def resolve_impl(impl: str) -> str:
+  """Maps 'auto' to the implementation that is fast on the default backend.
+
+  Raises ValueError for an unknown name, or for 'native' where it cannot run (not on CPU, or
+  the kernels could not be built).
+  """
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown depthwise_impl {impl!r}; allowed: {list(IMPLS)}.')
+  on_cpu = jax.default_backend() == 'cpu'
+  if impl == 'auto':
+    if not on_cpu:
+      return 'conv'
+    return 'native' if native.native_depthwise() else 'shifted'
+  if impl == 'native' and not (on_cpu and native.native_depthwise()):
+    raise ValueError("depthwise_impl 'native' needs the CPU backend and a C++ compiler to build "
+                     "mnv3_jax/ops/csrc/depthwise_cpu.cc; use 'auto', 'shifted' or 'conv'.")
+  return impl
+
+
+def _out_size(size: int, pad: Tuple[int, int], k: int, stride: int) -> int:
+  return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def _taps(xp: jax.Array, kernel: jax.Array, stride: int, out_h: int, out_w: int) -> jax.Array:
+  """sum_{i,j} xp[:, i + stride*ho, j + stride*wo, :] * kernel[i, j, 0]: (N, out_h, out_w, C)."""
+  k = kernel.shape[0]
+  out = None
+  for i in range(k):
+    for j in range(k):
+      tap = lax.slice(xp, (0, i, j, 0),
+                      (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1,
+                       xp.shape[3]), (1, stride, stride, 1))
+      term = tap * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def _shifted_forward(x, kernel, stride, padding):
+  k = kernel.shape[0]
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  return _taps(xp, kernel, stride, _out_size(x.shape[1], padding[0], k, stride),
+               _out_size(x.shape[2], padding[1], k, stride))
+
+
+def _shifted_input_grad(dy, kernel, stride, padding, in_shape):
+  """Input gradient: the output gradient, dilated by the stride and padded, correlated with the
+  flipped kernel."""
+  k = kernel.shape[0]
+  (top, _), (left, _) = padding
+  h, w = in_shape[1:3]
+  ho, wo = dy.shape[1:3]
+  pads = ((0, 0, 0), (k - 1 - top, h + top - (ho - 1) * stride - 1, stride - 1),
+          (k - 1 - left, w + left - (wo - 1) * stride - 1, stride - 1), (0, 0, 0))
+  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), pads)
+  return _taps(dyp, kernel[::-1, ::-1], 1, h, w)
+
+
+def _shifted_weight_grad(x, dy, k, stride, padding):
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  ho, wo = dy.shape[1:3]
+  sums = []
+  for i in range(k):
+    for j in range(k):
+      tap = lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (ho - 1) * stride + 1,
+                                         j + (wo - 1) * stride + 1, xp.shape[3]),
+                      (1, stride, stride, 1))
+      sums.append(jnp.sum(tap.astype(jnp.float32) * dy.astype(jnp.float32), axis=(0, 1, 2)))
+  return jnp.stack(sums).reshape(k, k, 1, -1)
+
+
+def _native_attrs(k, stride, padding):
+  return dict(k=np.int64(k), s=np.int64(stride), pt=np.int64(padding[0][0]),
+              pl=np.int64(padding[1][0]))
+
+
+def _native_forward(x, kernel, stride, padding):
+  k = kernel.shape[0]
+  out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
+         _out_size(x.shape[2], padding[1], k, stride), x.shape[3])
+  call = jax.ffi.ffi_call('Mnv3DepthwiseForward', jax.ShapeDtypeStruct(out, x.dtype))
+  return call(x, kernel.astype(jnp.float32), **_native_attrs(k, stride, padding))
+
+
+def _native_input_grad(dy, kernel, stride, padding, in_shape):
+  call = jax.ffi.ffi_call('Mnv3DepthwiseInputGrad', jax.ShapeDtypeStruct(in_shape, dy.dtype))
+  return call(dy, kernel.astype(jnp.float32), **_native_attrs(kernel.shape[0], stride, padding))
+
+
+def _native_weight_grad(x, dy, k, stride, padding):
+  per_image = jax.ShapeDtypeStruct((x.shape[0], k, k, 1, x.shape[3]), jnp.float32)
+  call = jax.ffi.ffi_call('Mnv3DepthwiseWeightGrad', per_image)
+  return jnp.sum(call(x, dy, **_native_attrs(k, stride, padding)), axis=0)
+
+
+_PARTS = {
+    'shifted': (_shifted_forward, _shifted_input_grad, _shifted_weight_grad),
+    'native': (_native_forward, _native_input_grad, _native_weight_grad),
+}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x, kernel, stride, padding, impl):
+  return _PARTS[impl][0](x, kernel, stride, padding)
+
+
+def _depthwise_fwd(x, kernel, stride, padding, impl):
+  return _depthwise(x, kernel, stride, padding, impl), (x, kernel)
+
+
+def _depthwise_bwd(stride, padding, impl, residuals, dy):
+  x, kernel = residuals
+  _, input_grad, weight_grad = _PARTS[impl]
+  dx = input_grad(dy, kernel, stride, padding, x.shape).astype(x.dtype)
+  dk = weight_grad(x, dy, kernel.shape[0], stride, padding).astype(kernel.dtype)
+  return dx, dk
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _check(x: jax.Array, kernel: jax.Array, stride: int, padding: Sequence) -> Padding:
+  if x.ndim != 4:
+    raise ValueError(f'Depthwise input must be NHWC (4-D); got shape {tuple(x.shape)}.')
+  k = kernel.shape[0]
+  if kernel.shape != (k, k, 1, x.shape[3]):
+    raise ValueError(f'Depthwise kernel shape {tuple(kernel.shape)} not allowed for input '
+                     f'{tuple(x.shape)}: expected (k, k, 1, {x.shape[3]}).')
+  if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+    raise ValueError(f'Invalid depthwise stride {stride!r}; allowed: an integer >= 1.')
+  try:
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  except (TypeError, ValueError):
+    pads = ()
+  if len(pads) != 2 or min(min(p) for p in pads) < 0 or max(max(p) for p in pads) >= k:
+    raise ValueError(f'Invalid depthwise padding {padding!r}; allowed: ((top, bottom), '
+                     f'(left, right)) with each in [0, {k - 1}].')
+  for size, pad in zip(x.shape[1:3], pads):
+    if size + pad[0] + pad[1] < k:
+      raise ValueError(f'Depthwise input {tuple(x.shape)} with padding {pads} is smaller '
+                       f'than the {k}x{k} kernel.')
+  return pads
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                   impl: str) -> jax.Array:
+  """Depthwise convolution of NHWC `x` (N, H, W, C) with `kernel` (k, k, 1, C).
+
+  padding: ((top, bottom), (left, right)), each in [0, k - 1]. Returns (N, Ho, Wo, C) in x's
+  dtype with Ho = (H + top + bottom - k) // stride + 1 (likewise Wo).
+  """
+  impl = resolve_impl(impl)
+  padding = _check(x, kernel, stride, padding)
+  stride = int(stride)
+  if impl == 'conv':
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=x.shape[-1])
+  if impl == 'native' and not any(x.dtype == d for d in NATIVE_DTYPES):
+    impl = 'shifted'
+  return _depthwise(x, kernel, stride, padding, impl)
+
+
+def _apply(affine: Optional[Affine], x: jax.Array) -> jax.Array:
+  if affine is None:
+    return x
+  scale, shift, activation = affine   # the map in float32, as the native kernel does
+  return activation((x.astype(jnp.float32) * scale + shift).astype(x.dtype))
+
+
+def _fused_reference(x, kernel, pre, post, stride, padding, impl):
+  y = _apply(post, depthwise_conv(_apply(pre, x), kernel, stride, padding, impl))
+  return y, jnp.sum(y.astype(jnp.float32), axis=(1, 2))
+
+
+def _native_fused(x, kernel, pre, post, stride, padding):
+  channels = x.shape[-1]
+  ones, zeros = jnp.ones((channels,), jnp.float32), jnp.zeros((channels,), jnp.float32)
+  args, codes = [], []
+  for affine in (pre, post):
+    scale, shift, activation = affine or (ones, zeros, None)
+    args.append((scale.astype(jnp.float32), shift.astype(jnp.float32)))
+    codes.append(np.int64(-1 if affine is None else NATIVE_ACTIVATIONS[activation]))
+  k = kernel.shape[0]
+  out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
+         _out_size(x.shape[2], padding[1], k, stride), channels)
+  call = jax.ffi.ffi_call('Mnv3DepthwiseFusedForward', (
+      jax.ShapeDtypeStruct(out, x.dtype), jax.ShapeDtypeStruct((x.shape[0], channels), jnp.float32)))
+  return call(x, *args[0], kernel.astype(jnp.float32), *args[1], pre_act=codes[0],
+              post_act=codes[1], **_native_attrs(k, stride, padding))
+
+
+def fused_depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                         impl: str, pre: Optional[Affine] = None,
+                         post: Optional[Affine] = None, pool: bool = False):
+  """y = `_apply(post, depthwise_conv(_apply(pre, x)))`: (N, H, W, C) -> (N, Ho, Wo, C).
+
+  pre / post: (scale (C,), shift (C,), activation) or None; padding applies to pre(x) (zeros).
+  With `pool`, returns (y, sums): sums (N, C) float32 = y summed over Ho and Wo (computed from
+  y before its rounding to x's dtype on the native path). Gradients, when asked for, are those
+  of the unfused ops.
+  """
+  impl = resolve_impl(impl)
+  padding = _check(x, kernel, stride, padding)
+  stride = int(stride)
+  native = (impl == 'native' and any(x.dtype == d for d in NATIVE_DTYPES) and
+            all(a is None or a[2] in NATIVE_ACTIVATIONS for a in (pre, post)))
+  if not native:
+    y, sums = _fused_reference(x, kernel, pre, post, stride, padding, impl)
+    return (y, sums) if pool else y
+
+  @jax.custom_vjp
+  def fused(x, kernel, pre_arrays, post_arrays):
+    return _native_fused(x, kernel, _with(pre, pre_arrays), _with(post, post_arrays), stride,
+                         padding)
+
+  def unfused(x, kernel, pre_arrays, post_arrays):
+    return _fused_reference(x, kernel, _with(pre, pre_arrays), _with(post, post_arrays), stride,
+                            padding, impl)
+
+  def fwd(*args):
+    return fused(*args), args
+
+  def bwd(args, dy):
+    return jax.vjp(unfused, *args)[1](dy)
+
+  fused.defvjp(fwd, bwd)
+  y, sums = fused(x, kernel, pre and pre[:2], post and post[:2])
+  return (y, sums) if pool else y
+
+
+def _with(affine: Optional[Affine], arrays) -> Optional[Affine]:
+  return None if affine is None else (*arrays, affine[2])
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise kxk conv without bias: (N, H, W, C) -> (N, Ho, Wo, C); `padding` per H and W."""
+  kernel_size: int
+  stride: int
+  padding: Padding
+  impl: str = 'auto'
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, pre: Optional[Affine] = None,
+               post: Optional[Affine] = None, pool: bool = False):
+    """pre / post / pool (inference): per-channel maps applied before / after, and the
+    per-image channel sums returned too; see `fused_depthwise_conv`."""
+    channels = x.shape[-1]
+    kernel = self.param(
+        'kernel', nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
+        (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if pre is None and post is None and not pool:
+      return depthwise_conv(x, kernel, self.stride, self.padding, self.impl)
+    return fused_depthwise_conv(x, kernel, self.stride, self.padding, self.impl, pre, post, pool)

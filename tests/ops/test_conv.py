@@ -1,0 +1,42 @@
+"""The stem's fused convolution (`mnv3_jax.conv`): the native kernel equals lax.conv followed by
+BatchNorm and activation, values and gradients."""
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import linen as nn
+
+from mnv3_jax.ops import conv
+from mnv3_jax.model import blocks
+from tests.ops.test_depthwise import _assert_close, _pads
+
+
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize('h,w,stride,padding,features,act', [
+    (9, 12, 2, 'same', 16, blocks.hard_swish), (8, 11, 2, 'symmetric', 20, nn.relu),
+    (7, 7, 1, 'same', 8, blocks.identity), (6, 9, 1, 'symmetric', 36, nn.swish)])
+def test_fused_dense_conv_matches_lax_conv(dtype, tol, h, w, stride, padding, features, act):
+  """conv.fused_conv (the stem: dense 3x3, BatchNorm and activation in the native kernel) equals
+  lax.conv then the map in float32, values and gradients; widths that are not a multiple of 8,
+  both paddings; swish (not in the kernel) falls back to XLA ops."""
+  keys = jax.random.split(jax.random.key(h * w + features), 5)
+  x = jax.random.normal(keys[0], (2, h, w, 3)).astype(dtype)
+  kernel = jax.random.normal(keys[1], (3, 3, 3, features)).astype(dtype)
+  post = (jax.random.normal(keys[2], (features,)), jax.random.normal(keys[3], (features,)), act)
+  pads = _pads(h, w, 3, stride, padding)
+
+  @jax.jit
+  def run(x, kernel):
+    out = []
+    for impl in ('native', 'conv'):
+      a, b = (x, kernel) if impl == 'native' else (x.astype(jnp.float32),
+                                                   kernel.astype(jnp.float32))
+      y, vjp = jax.vjp(lambda u, v, impl=impl: conv.fused_conv(u, v, stride, pads, impl, post),
+                       a, b)
+      out.append((y, *vjp(jnp.ones_like(y))))
+    return out
+
+  got, want = run(x, kernel)
+  assert got[0].dtype == dtype
+  assert got[0].shape == want[0].shape
+  for g, r in zip(got if dtype == jnp.float32 else got[:1], want):
+    _assert_close(g, r, tol)
