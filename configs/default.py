@@ -1,23 +1,22 @@
 r"""The official MobileNetV3 ImageNet recipe; every field is a knob of `main.py`.
 
 Defaults reproduce TF Model Garden's `imagenet_mobilenetv3small_tpu.yaml` (67.5% top-1 for Small)
-and the paper's §6.1 (see docs/RECIPE.md for the table with sources):
-  RMSProp rho 0.9, momentum 0.9, epsilon 0.002 (TF1 semantics, accumulator starts at 1)
-  lr 0.01 per 4096 images (scaled linearly with batch_size), 5-epoch linear warm-up from lr/10,
-  then x0.99 every 3 epochs (staircase); L2 1e-5 (not on depthwise kernels, biases, BN);
-  label smoothing 0.1; dropout 0.2; EMA 0.9999; BN decay 0.997, epsilon 1e-3; 224x224; bf16 on
-  accelerators; 1000 epochs at batch 4096 (Model Garden; the paper trains on a 4x4 TPU pod).
+and the paper's §6.1; docs/RECIPE.md has the table with sources. `config.model` and `config.data`
+are `mnv3_jax.defaults.MODEL` / `.DATA` (each default written once, there); the training fields
+(optimizer, schedule, EMA, label smoothing, length) are set below.
 
 Launch (expected top-1: Small 67.4-67.5, Large 75.2):
   python main.py --config=configs/small.py --workdir=gs://BUCKET/mnv3_small
   python main.py --config=configs/large.py --workdir=gs://BUCKET/mnv3_large
 
 Config strings (`--config=configs/small.py:width=0.75,res=192`) set the short keys of
-`ARG_KEYS`; any field can also be set with `--config.field=value`.
+`ARG_KEYS`; any field can also be set with `--config.field=value`. This module imports only
+ml_collections and `mnv3_jax.defaults` (no jax, no TensorFlow: tests/test_configs.py).
 """
 import ml_collections
+from ml_collections import config_dict
 
-from mnv3_jax.data import input_pipeline
+from mnv3_jax import defaults
 
 # Short keys of the config string -> (config path, type).
 ARG_KEYS = {
@@ -33,17 +32,18 @@ ARG_KEYS = {
 }
 
 
+def options_config(options: dict) -> ml_collections.ConfigDict:
+  """`options` (a dict of `mnv3_jax.defaults`) as a ConfigDict; None (unset): a str placeholder."""
+  return ml_collections.ConfigDict({
+      k: config_dict.placeholder(str) if v is None else v for k, v in options.items()})
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields with the official recipe's values."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(
-      variant='large', width=1.0, minimalistic=False, num_classes=1000, dropout_rate=0.2,
-      dtype='auto',  # 'auto': bfloat16 on TPU/GPU, float32 on CPU; or 'float32' / 'bfloat16'
-      bn_momentum=0.997, bn_epsilon=1e-3, activation='hard_swish', se=True,
-      se_gate='hard_sigmoid', stem_filters=16, last_stage='efficient',
-      depthwise_impl='auto', padding='same', input_norm='none'))
-  c.data = input_pipeline.default_data_config()
+  c.model = options_config(defaults.MODEL)
+  c.data = options_config(defaults.DATA)
   c.batch_size = 4096            # global, over all devices and hosts
   # Training BatchNorm statistics: 'global' (whole batch, all-reduced by XLA) or 'per_device'
   # (each device's shard, as TF's TPU trainer); see mnv3_jax/train/steps.py and docs/MULTIHOST.md.
@@ -101,3 +101,12 @@ def apply_args(config: ml_collections.ConfigDict, args: dict) -> ml_collections.
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return apply_args(base_config(), parse_arg(arg))
+
+
+def variant_config(variant: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The recipe (or, with the word 'demo' in `arg`, configs/demo.py) for `variant`, then `arg`."""
+  from configs import demo  # pylint: disable=import-outside-toplevel  (demo imports this module)
+  args = parse_arg(arg)
+  config = demo.demo_config() if 'demo' in args else base_config()
+  config.model.variant = variant
+  return apply_args(config, args)

@@ -13,7 +13,7 @@ def demo_config():
   c.model.variant = 'small'
   c.model.num_classes = 10
   c.model.dropout_rate = 0.1
-  c.model.bn_momentum = 0.9      # 0.997 needs ~1000s of steps for the running stats to settle
+  c.model.bn_momentum = 0.9      # the recipe's decay needs ~1000s of steps for the stats to settle
   c.data.dataset = 'digits'
   c.data.eval_split = 'test'
   c.data.image_size = 32

@@ -1,6 +1,7 @@
-"""Every default of the model options, in one place, in plain Python (no jax, no TensorFlow).
+"""Every default of the model and data options, in one place, in plain Python (no imports).
 
-`MobileNetV3`'s fields and `configs/` read them from here, so a default changes in one line.
+`MobileNetV3`'s fields, `configs/` and `input_pipeline.default_data_config()` read them from here,
+so a default changes in one line. The config files import this module (never jax or TensorFlow).
 """
 
 MODEL = dict(
@@ -21,4 +22,27 @@ MODEL = dict(
     depthwise_impl='auto',
     padding='same',
     input_norm='none',
+)
+
+# `config.data`: ImageNet with the official (Inception) MobileNetV3 preprocessing.
+DATA = dict(
+    # A TFDS image-classification name, 'image_folder' or 'digits' (see mnv3_jax/data/datasets.py).
+    dataset='imagenet2012',
+    # TFDS data dir (None: the TFDS default; gs:// allowed), or the root of an image folder.
+    # None = unset: configs hold it as a str placeholder (`config_dict.placeholder(str)`).
+    data_dir=None,
+    train_split='train',
+    eval_split='validation',  # 'test' for digits.
+    # image_folder without split subfolders: the fraction of each class held out as eval_split.
+    folder_holdout_fraction=0.1,
+    image_size=224,  # Side S of the square images, in pixels (train and eval).
+    # Training crop: area as a fraction of the image's (at least 10%, as in TF-slim), and
+    # width/height aspect ratio; resized to S x S (bilinear).
+    crop_area_range=(0.05, 1.0),
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    random_flip=True,  # Training: horizontal flip with probability 1/2.
+    eval_crop_fraction=0.875,  # Eval: the central square of this fraction of the shorter side.
+    shuffle_buffer=16384,  # Records; capped at the process's shard size (full shuffle if smaller).
+    cache=False,  # Training: keep the encoded records (or image files) in memory after epoch 1.
+    num_parallel_calls=-1,  # Decode/augment parallelism; -1 = tf.data.AUTOTUNE.
 )

@@ -20,6 +20,7 @@ import ml_collections
 import tensorflow as tf
 from ml_collections import config_dict
 
+from mnv3_jax import defaults
 from mnv3_jax.data import datasets
 # Re-exported: with the iterators below, the trainer's whole API to the data.
 from mnv3_jax.data.datasets import DatasetInfo, get_dataset_info  # pylint: disable=unused-import
@@ -30,27 +31,9 @@ _MAX_ATTEMPTS = 100        # TF-slim; after as many failed samples the whole ima
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """`config.data` defaults: ImageNet with the official (Inception) MobileNetV3 preprocessing."""
-  return ml_collections.ConfigDict(dict(
-      # A TFDS image-classification name, 'image_folder' or 'digits' (see mnv3_jax/data/datasets.py).
-      dataset='imagenet2012',
-      # TFDS data dir (None: the TFDS default; gs:// allowed), or the root of an image folder.
-      data_dir=config_dict.placeholder(str),
-      train_split='train',
-      eval_split='validation',  # 'test' for digits.
-      # image_folder without split subfolders: the fraction of each class held out as eval_split.
-      folder_holdout_fraction=0.1,
-      image_size=224,  # Side S of the square images, in pixels (train and eval).
-      # Training crop: area as a fraction of the image's (at least _MIN_OBJECT_COVERED, as in
-      # TF-slim), and width/height aspect ratio; resized to S x S (bilinear).
-      crop_area_range=(0.05, 1.0),
-      aspect_ratio_range=(3 / 4, 4 / 3),
-      random_flip=True,  # Training: horizontal flip with probability 1/2.
-      eval_crop_fraction=0.875,  # Eval: the central square of this fraction of the shorter side.
-      shuffle_buffer=16384,  # Records; capped at the process's shard size (full shuffle if smaller).
-      cache=False,  # Training: keep the encoded records (or image files) in memory after epoch 1.
-      num_parallel_calls=AUTOTUNE,  # Decode/augment parallelism; -1 = tf.data.AUTOTUNE.
-  ))
+  """`config.data` defaults (`mnv3_jax.defaults.DATA`: ImageNet, Inception preprocessing)."""
+  return ml_collections.ConfigDict({
+      k: config_dict.placeholder(str) if v is None else v for k, v in defaults.DATA.items()})
 
 
 def _check_config(cfg) -> None:
