@@ -5,8 +5,9 @@ r"""What the native CPU kernels buy at inference, measured alternating in one pr
 Times (median ms per call over `rounds` x `steps` calls, the two sides alternating every round):
 - the stem alone, (batch, 224, 224, 3) -> 16 channels, 3x3 stride 2, BatchNorm and h-swish:
   `conv.fused_conv` with the native kernel against `lax.conv` followed by the same ops in XLA;
-- MobileNetV3 Small and Large inference at 224: `depthwise_impl='native'` (every native kernel
-  and fusion) against `'shifted'` (pure XLA: the same network with no custom calls).
+- MobileNetV3 Small and Large inference at 224: the fused inference pass with the native kernels
+  (`fused.fused_apply(native=True)`, what evaluation runs on CPU) against the canonical module with
+  `depthwise_impl='shifted'` (pure XLA: the same network with no custom calls).
 Prints a Markdown table (docs/BENCHMARKS.md quotes a run of it).
 """
 import os
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from mnv3_jax.ops import conv
-from mnv3_jax.model import blocks
+from mnv3_jax.model import activations, blocks, fused
 from mnv3_jax import model as model_lib
 
 flags.DEFINE_integer('batch', 32, 'Images per call.')
@@ -38,13 +39,14 @@ def _stem(impl: str):
   pads = blocks.spatial_padding((1, 224, 224, 3), 3, 2, 'same')
   post_scale, post_shift = jnp.full((16,), 0.5), jnp.full((16,), 0.1)
   return jax.jit(lambda x, w: conv.fused_conv(
-      x, w, 2, pads, impl, (post_scale, post_shift, blocks.hard_swish)))
+      x, w, 2, pads, impl, (post_scale, post_shift, activations.hard_swish)))
 
 
-def _network(variant: str, impl: str):
-  model = model_lib.MobileNetV3(variant=variant, depthwise_impl=impl)
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  return apply, model
+def _network(variant: str, native: bool):
+  model = model_lib.MobileNetV3(variant=variant, depthwise_impl='shifted')
+  if native:
+    return jax.jit(lambda v, x: fused.fused_apply(model, v, x, native=True)), model
+  return jax.jit(lambda v, x: model.apply(v, x, train=False)), model
 
 
 def _time(fn, args, steps: int):
@@ -81,10 +83,10 @@ def main(_):
       FLAGS.rounds, FLAGS.steps))
   for variant in ('small', 'large'):
     sides = []
-    for impl in ('native', 'shifted'):
-      apply, model = _network(variant, impl)
+    for label, native in (('native', True), ('XLA', False)):
+      apply, model = _network(variant, native)
       variables = model_lib.init_variables(model, key, (224, 224))
-      sides.append((impl, apply, (variables, x)))
+      sides.append((label, apply, (variables, x)))
     rows.append(compare(f'{variant} inference', sides, FLAGS.rounds, FLAGS.steps))
   print(f'jax {jax.__version__}, {os.cpu_count()} CPUs')
   print('\n'.join(rows))

@@ -39,13 +39,14 @@ def run_mnv3_jax(mode, variant, batch, steps):
   import jax.numpy as jnp
   from mnv3_jax.ops import depthwise
   from mnv3_jax import model
+  from mnv3_jax.model import fused
   from mnv3_jax.train import optim
   from mnv3_jax.train import steps as steps_lib
   m = model.MobileNetV3(variant=variant)
   x = jax.random.uniform(jax.random.key(1), (batch, SIZE, SIZE, 3), minval=-1, maxval=1)
   if mode == 'infer':
     variables = model.init_variables(m, jax.random.key(0), (SIZE, SIZE))
-    f = jax.jit(lambda v, x: m.apply(v, x, train=False))
+    f = jax.jit(fused.inference_fn(m))   # the fused CPU kernels, as evaluation runs
     step = lambda: f(variables, x).block_until_ready()
   else:
     schedule = optim.learning_rate_schedule(

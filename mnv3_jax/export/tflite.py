@@ -58,13 +58,7 @@ def _matmuls_as_1x1_convs(next_fun, args, kwargs, context):
   if (context.method_name != '__call__' or getattr(x, 'ndim', 0) != 4
       or not isinstance(module, (nn.Dense, pointwise.Pointwise))):
     return next_fun(*args, **kwargs)
-  kernel = module.get_variable('params', 'kernel')
-  scale, gate = kwargs.get('scale'), kwargs.get('gate')   # Pointwise's folded BatchNorm and SE
-  if scale is not None:
-    kernel = kernel * scale
-  if gate is not None:
-    x = x * gate.astype(x.dtype)[:, None, None, :]
-  kernel = kernel.astype(x.dtype)
+  kernel = module.get_variable('params', 'kernel').astype(x.dtype)
   y = lax.conv_general_dilated(x, kernel[None, None], (1, 1), 'VALID',
                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   if getattr(module, 'use_bias', False):

@@ -1,9 +1,10 @@
-"""Building blocks of MobileNetV3: activations, conv-BN-act, squeeze-and-excite, the bneck block.
+"""The blocks of MobileNetV3 as the paper draws them: conv-BN-act, squeeze-and-excite, the bneck.
 
-All tensors are NHWC. Parameters are float32; `dtype` is the compute dtype.
-1x1 convolutions are matmuls over the channel axis (`pointwise.Pointwise`, the param layout of
-`nn.Dense`), 1.5-2x faster than `lax.conv` on CPU; BatchNorm is `batchnorm.BatchNorm` (flax's
-variables, a closed-form backward pass).
+All tensors are NHWC. Parameters are float32; `dtype` is the compute dtype. The layers come from
+`mnv3_jax.ops`: 1x1 convolutions are matmuls over the channel axis (`Pointwise`, the param layout
+of `nn.Dense`), BatchNorm has flax's variables and a closed-form backward pass, the depthwise conv
+has interchangeable implementations (`depthwise_impl`). These blocks compute the network only; the
+fused CPU inference form is a separate pass over their variables (`model.fused`).
 """
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -11,13 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mnv3_jax.ops import batchnorm
-from mnv3_jax.ops import depthwise
-from mnv3_jax.ops import pointwise
+from mnv3_jax import defaults
+from mnv3_jax.model.activations import hard_sigmoid
+from mnv3_jax.ops import batchnorm, depthwise, pointwise
 from mnv3_jax.ops import conv as conv_lib
-from mnv3_jax.ops.depthwise import Affine
-from mnv3_jax.model.activations import (  # pylint: disable=unused-import  (re-exported)
-    ACTIVATIONS, GATES, get_activation, get_gate, hard_sigmoid, hard_swish, identity)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -55,70 +53,43 @@ def spatial_padding(shape: Sequence[int], kernel: int, stride: int,
   return same_padding(shape[1], kernel, stride), same_padding(shape[2], kernel, stride)
 
 
+_BN_MOMENTUM, _BN_EPSILON = defaults.MODEL['bn_momentum'], defaults.MODEL['bn_epsilon']
+
+
 class ConvBN(nn.Module):
-  """Convolution (no bias) -> BatchNorm -> activation.
+  """Convolution (no bias) -> BatchNorm -> activation: (N, H, W, C) -> (N, H/stride, W/stride, features).
 
-  kernel_size 1 is a matmul; `depthwise=True` makes a depthwise kxk conv (channels unchanged);
-  otherwise a dense kxk conv (the stem). Activation None means linear (the bneck projection).
-
-  Inference fusion (train=False only): with `defer` the layer returns (conv output, (a, b)),
-  leaving its BatchNorm (x * a + b) and activation to the next layer; a depthwise layer takes
-  `pre` = (a, b, activation) and applies it, its own BatchNorm and its activation inside the
-  convolution (`depthwise.fused_depthwise_conv`), and with `pool` also returns the per-image
-  channel sums of its output (N, C). A 1x1 layer folds its BatchNorm scale into the weights and,
-  given `gate` (N, Cin), the per-image input scaling of squeeze-and-excite too; a dense kxk layer
-  (the stem) runs its BatchNorm and activation inside the convolution (`mnv3_jax.conv.fused_conv`).
+  kernel_size 1 (stride 1) is a matmul over channels; `depthwise=True` makes a depthwise kxk conv
+  (features = C); otherwise a dense kxk conv (the stem). Activation None means linear (the bneck's
+  projection). `padding` is 'same' (TensorFlow's) or 'symmetric' (PyTorch's).
   """
   features: int
   kernel_size: int = 1
   stride: int = 1
   depthwise: bool = False
   activation: Optional[Callable[[jax.Array], jax.Array]] = None
-  bn_momentum: float = 0.997
-  bn_epsilon: float = 1e-3
+  bn_momentum: float = _BN_MOMENTUM
+  bn_epsilon: float = _BN_EPSILON
   padding: str = 'same'
-  depthwise_impl: str = 'conv'
+  depthwise_impl: str = defaults.MODEL['depthwise_impl']
   dtype: jnp.dtype = jnp.float32
-  defer: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, pre: Optional[Affine] = None, pool: bool = False,
-               gate: Optional[jax.Array] = None):
-    if (pre is not None or pool) and (train or not self.depthwise):
-      raise ValueError('ConvBN: `pre` and `pool` are for depthwise layers at inference only.')
-    pointwise_layer = self.kernel_size == 1 and self.stride == 1 and not self.depthwise
-    if gate is not None and (train or not pointwise_layer or self.defer):
-      raise ValueError('ConvBN: `gate` is for 1x1 layers at inference only.')
-    fuse = not train
-    bn = batchnorm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype, fold=fuse, name='bn')
-    activation = self.activation or identity
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.depthwise:
       pads = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
-      conv = depthwise.DepthwiseConv(self.kernel_size, self.stride, pads,
-                                     impl=self.depthwise_impl, dtype=self.dtype, name='conv')
-      if fuse:
-        return conv(x, pre=pre, post=(*bn(x), activation), pool=pool)
-      x = conv(x)
-    elif pointwise_layer:
-      conv = pointwise.Pointwise(self.features, kernel_init=conv_kernel_init(), dtype=self.dtype,
-                                 name='conv')
-      if fuse and not self.defer:   # BatchNorm's scale folded into the weights
-        a, b = bn(jnp.zeros((self.features,), self.dtype))   # (a, b) only depend on the width
-        y = conv(x, scale=a, gate=gate)
-        return activation((y.astype(jnp.float32) + b).astype(y.dtype))
-      x = conv(x)
+      x = depthwise.DepthwiseConv(self.kernel_size, self.stride, pads, impl=self.depthwise_impl,
+                                  dtype=self.dtype, name='conv')(x)
+    elif self.kernel_size == 1 and self.stride == 1:
+      x = pointwise.Pointwise(self.features, kernel_init=conv_kernel_init(), dtype=self.dtype,
+                              name='conv')(x)
     else:
       pads = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
-      dense = conv_lib.Conv(self.features, self.kernel_size, self.stride, pads,
-                            kernel_init=conv_kernel_init(), impl=self.depthwise_impl,
-                            dtype=self.dtype, name='conv')
-      if fuse and not self.defer:   # BatchNorm and activation inside the native kernel
-        return dense(x, post=(*bn(jnp.zeros((self.features,), self.dtype)), activation))
-      x = dense(x)
-    if fuse:
-      return x, bn(x)
-    return activation(bn(x))
+      x = conv_lib.Conv(self.features, self.kernel_size, self.stride, pads,
+                        kernel_init=conv_kernel_init(), dtype=self.dtype, name='conv')(x)
+    x = batchnorm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                            epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
+    return x if self.activation is None else self.activation(x)
 
 
 class SqueezeExcite(nn.Module):
@@ -131,18 +102,11 @@ class SqueezeExcite(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, pooled: Optional[jax.Array] = None,
-               gate_only: bool = False) -> jax.Array:
-    """pooled: the mean of x over H and W (N, C), when already known. gate_only: return the
-    gate (N, C) instead of the scaled x."""
-    if pooled is None:
-      s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    else:
-      s = pooled.astype(x.dtype).reshape(x.shape[0], 1, 1, x.shape[-1])
-    s = nn.Dense(self.squeeze, dtype=self.dtype, name='reduce')(s)
-    s = nn.relu(s)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.relu(nn.Dense(self.squeeze, dtype=self.dtype, name='reduce')(s))
     s = self.gate(nn.Dense(x.shape[-1], dtype=self.dtype, name='expand')(s))
-    return s.reshape(x.shape[0], x.shape[-1]) if gate_only else x * s
+    return x * s
 
 
 class InvertedResidual(nn.Module):
@@ -160,35 +124,24 @@ class InvertedResidual(nn.Module):
   expand: bool = True
   se_squeeze: Optional[int] = None
   se_gate: Callable[[jax.Array], jax.Array] = hard_sigmoid
-  bn_momentum: float = 0.997
-  bn_epsilon: float = 1e-3
+  bn_momentum: float = _BN_MOMENTUM
+  bn_epsilon: float = _BN_EPSILON
   padding: str = 'same'
-  depthwise_impl: str = 'conv'
+  depthwise_impl: str = defaults.MODEL['depthwise_impl']
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
-    shortcut, pre = x, None
+    norm = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+    shortcut = x
     if self.expand:
-      x = ConvBN(self.expanded, activation=self.activation, defer=not train, name='expand',
-                 **bn)(x, train)
-      if not train:   # the expansion's BatchNorm and activation run inside the depthwise conv
-        x, (a, b) = x
-        pre = (a, b, self.activation)
+      x = ConvBN(self.expanded, activation=self.activation, name='expand', **norm)(x, train)
     x = ConvBN(x.shape[-1], self.kernel_size, self.stride, depthwise=True,
                activation=self.activation, padding=self.padding,
-               depthwise_impl=self.depthwise_impl, name='depthwise',
-               **bn)(x, train, pre, pool=bool(self.se_squeeze) and not train)
-    gate = None
+               depthwise_impl=self.depthwise_impl, name='depthwise', **norm)(x, train)
     if self.se_squeeze:
-      se = SqueezeExcite(self.se_squeeze, self.se_gate, dtype=self.dtype, name='se')
-      if train:
-        x = se(x)
-      else:   # the pool comes from the depthwise kernel; the gate scales the projection's input
-        x, sums = x
-        gate = se(x, pooled=sums / (x.shape[1] * x.shape[2]), gate_only=True)
-    x = ConvBN(self.out, name='project', **bn)(x, train, gate=gate)
+      x = SqueezeExcite(self.se_squeeze, self.se_gate, dtype=self.dtype, name='se')(x)
+    x = ConvBN(self.out, name='project', **norm)(x, train)
     if self.stride == 1 and shortcut.shape[-1] == self.out:
       x = x + shortcut
     return x

@@ -1,67 +1,34 @@
 """MobileNetV3 Large and Small as in the official TF-slim / Keras code, with ablation switches.
 
-The network is built from the block tables (`tables.py`): stem, one bneck per row, head.
+The network is stem -> one bneck per row of the block table (`tables.py`) -> head. `block_specs`
+resolves the table for the options (width, minimalistic, SE, activation) once; the module and
+the fused inference pass (`fused.py`) both build from it.
 
 Input: images (N, H, W, C), H and W >= 32, values in [-1, 1]. Output: float32 logits (N, classes).
 """
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mnv3_jax.ops import depthwise
-from mnv3_jax.model import blocks
+from mnv3_jax import defaults
+from mnv3_jax.model import activations, blocks, options
 from mnv3_jax.model.tables import (HEAD_EXPANSION, HS, LAST_POINT, RE, SPINDLE_RATIO,
                                    STEM_FILTERS, TABLES)
 
-
-DTYPES = ('float32', 'bfloat16')
-LAST_STAGES = ('efficient', 'v2')
-PADDINGS = ('same', 'symmetric')
-# 'none': the network sees [-1, 1] images as they come (Keras, TF, timm's tf_ ports);
-# 'imagenet': it sees (x01 - mean) / std of x01 = (x + 1) / 2 (torchvision, timm's own weights).
-INPUT_NORMS = ('none', 'imagenet')
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_D = defaults.MODEL
 
 
-def _check_choice(name, value, allowed):
-  if value not in allowed:
-    raise ValueError(f'Unknown {name} {value!r}; allowed: {sorted(allowed)}.')
-
-
-def _check_number(name, value, allowed, ok, integer=False):
-  kinds = (int,) if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kinds) or not ok(value):
-    raise ValueError(f'Invalid {name} {value!r}; allowed: {allowed}.')
-
-
-def validate_options(m: 'MobileNetV3') -> None:
-  """Raises ValueError naming the first bad option of `m` and what is allowed."""
-  _check_choice('variant', m.variant, TABLES)
-  _check_number('width', m.width, 'a finite number > 0', lambda v: 0 < v < float('inf'))
-  _check_number('num_classes', m.num_classes, 'an integer >= 1', lambda v: v >= 1, True)
-  _check_number('dropout_rate', m.dropout_rate, 'a number in [0, 1)', lambda v: 0 <= v < 1)
-  _check_number('bn_momentum', m.bn_momentum, 'a number in [0, 1)', lambda v: 0 <= v < 1)
-  _check_number('bn_epsilon', m.bn_epsilon, 'a number > 0', lambda v: v > 0)
-  _check_number('stem_filters', m.stem_filters, 'an integer >= 1', lambda v: v >= 1, True)
-  _check_choice('activation', m.activation, blocks.ACTIVATIONS)
-  _check_choice('se_gate', m.se_gate, blocks.GATES)
-  _check_choice('dtype', m.dtype, DTYPES)
-  _check_choice('last_stage', m.last_stage, LAST_STAGES)
-  _check_choice('padding', m.padding, PADDINGS)
-  _check_choice('input_norm', m.input_norm, INPUT_NORMS)
-  _check_choice('depthwise_impl', m.depthwise_impl, depthwise.IMPLS)
-  if not isinstance(m.minimalistic, bool) or not isinstance(m.se, bool):
-    raise ValueError(f'minimalistic and se must be booleans; got {m.minimalistic!r}, {m.se!r}.')
-
-
-def check_input_shape(shape: Tuple[int, ...]) -> None:
-  """Raises ValueError unless `shape` is NHWC with H, W >= 32 and C >= 1."""
-  if len(shape) != 4 or min(shape[1:3]) < 32 or shape[3] < 1:
-    raise ValueError(f'Input shape {tuple(shape)} not allowed: expected (N, H, W, C) '
-                     'images with H >= 32 and W >= 32 (any aspect ratio).')
+class BlockSpec(NamedTuple):
+  """One bneck as built: widths after the width multiplier and rounding; activation by name."""
+  kernel: int
+  expanded: int
+  out: int
+  stride: int
+  activation: str
+  expand: bool                 # False: no 1x1 expansion (expansion ratio 1)
+  se_squeeze: Optional[int]    # squeeze width, None without SE
 
 
 class MobileNetV3(nn.Module):
@@ -76,67 +43,81 @@ class MobileNetV3(nn.Module):
   Inputs are always (N, H, W, 3) RGB in [-1, 1]; input_norm 'imagenet' re-normalizes them inside
   the model for weights trained on ImageNet mean/std inputs (torchvision, timm's own).
   """
-  variant: str = 'large'
-  width: float = 1.0
-  minimalistic: bool = False
-  num_classes: int = 1000
-  dropout_rate: float = 0.2
-  dtype: str = 'float32'
-  bn_momentum: float = 0.997
-  bn_epsilon: float = 1e-3
-  activation: str = 'hard_swish'
-  se: bool = True
-  se_gate: str = 'hard_sigmoid'
-  stem_filters: int = STEM_FILTERS
-  last_stage: str = 'efficient'
-  depthwise_impl: str = 'auto'
-  padding: str = 'same'
-  input_norm: str = 'none'
+  variant: str = _D['variant']
+  width: float = _D['width']
+  minimalistic: bool = _D['minimalistic']
+  num_classes: int = _D['num_classes']
+  dropout_rate: float = _D['dropout_rate']
+  dtype: str = _D['dtype']
+  bn_momentum: float = _D['bn_momentum']
+  bn_epsilon: float = _D['bn_epsilon']
+  activation: str = _D['activation']
+  se: bool = _D['se']
+  se_gate: str = _D['se_gate']
+  stem_filters: int = _D['stem_filters']
+  last_stage: str = _D['last_stage']
+  depthwise_impl: str = _D['depthwise_impl']
+  padding: str = _D['padding']
+  input_norm: str = _D['input_norm']
 
   def __post_init__(self):
-    validate_options(self)
+    options.validate_options(self)
     super().__post_init__()
 
-  def _act(self, kind: str):
-    return blocks.get_activation('relu' if kind == RE or self.minimalistic else self.activation)
+  def activation_name(self, kind: str) -> str:
+    """The activation of a table's 'RE' or 'HS' layer under these options."""
+    return 'relu' if kind == RE or self.minimalistic else self.activation
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    check_input_shape(x.shape)
-    dtype = jnp.dtype(self.dtype)
-    common = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=dtype)
-    conv = dict(padding=self.padding, depthwise_impl=self.depthwise_impl, **common)
-    if self.input_norm == 'imagenet':
-      x = ((x.astype(jnp.float32) + 1) / 2 - jnp.array(IMAGENET_MEAN)) / jnp.array(IMAGENET_STD)
-    x = x.astype(dtype)
-    x = blocks.ConvBN(self.stem_filters, 3, 2, activation=self._act(HS), name='stem',
-                      **conv)(x, train)
-    in_width = STEM_FILTERS
-    for i, row in enumerate(TABLES[self.variant]):
-      ratio = row.exp / in_width
-      in_width = row.out
-      expanded = blocks.make_divisible(x.shape[-1] * ratio)
+  def block_specs(self) -> Tuple[BlockSpec, ...]:
+    """The bnecks as built: expansion widths are the table's ratios of the actual input width."""
+    specs, in_width, in_table = [], self.stem_filters, STEM_FILTERS
+    for row in TABLES[self.variant]:
+      ratio = row.exp / in_table
+      expanded = blocks.make_divisible(in_width * ratio)
       use_se = row.se and self.se and not self.minimalistic
-      x = blocks.InvertedResidual(
-          kernel_size=3 if self.minimalistic else row.kernel,
-          expanded=expanded,
-          out=blocks.make_divisible(row.out * self.width),
-          stride=row.stride,
-          activation=self._act(row.act),
-          expand=ratio != 1,
-          se_squeeze=blocks.make_divisible(expanded / 4) if use_se else None,
-          se_gate=blocks.get_gate(self.se_gate),
-          name=f'block_{i}', **conv)(x, train)
-    return self._head(x, train, conv)
+      specs.append(BlockSpec(
+          kernel=3 if self.minimalistic else row.kernel, expanded=expanded,
+          out=blocks.make_divisible(row.out * self.width), stride=row.stride,
+          activation=self.activation_name(row.act), expand=ratio != 1,
+          se_squeeze=blocks.make_divisible(expanded / 4) if use_se else None))
+      in_width, in_table = specs[-1].out, row.out
+    return tuple(specs)
 
-  def _head(self, x: jax.Array, train: bool, conv: dict) -> jax.Array:
-    act = self._act(HS)
+  def head_widths(self, last_bneck: int) -> Tuple[int, int]:
+    """(head 1x1 conv width, pre-logits width); the latter scales only when width > 1."""
     last_point = LAST_POINT[self.variant]
     if self.width > 1:
       last_point = blocks.make_divisible(last_point * self.width)
+    return blocks.make_divisible(last_bneck * HEAD_EXPANSION), last_point
+
+  def prepare_input(self, x: jax.Array) -> jax.Array:
+    """[-1, 1] images -> what the stem sees, in the compute dtype."""
+    if self.input_norm == 'imagenet':
+      x = ((x.astype(jnp.float32) + 1) / 2 - jnp.array(options.IMAGENET_MEAN)) / jnp.array(
+          options.IMAGENET_STD)
+    return x.astype(options.compute_dtype(self.dtype))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    options.check_input_shape(x.shape)
+    dtype = options.compute_dtype(self.dtype)
+    conv = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=dtype,
+                padding=self.padding, depthwise_impl=self.depthwise_impl)
+    x = self.prepare_input(x)
+    hs = activations.get_activation(self.activation_name(HS))
+    x = blocks.ConvBN(self.stem_filters, 3, 2, activation=hs, name='stem', **conv)(x, train)
+    for i, spec in enumerate(self.block_specs()):
+      x = blocks.InvertedResidual(
+          kernel_size=spec.kernel, expanded=spec.expanded, out=spec.out, stride=spec.stride,
+          activation=activations.get_activation(spec.activation), expand=spec.expand,
+          se_squeeze=spec.se_squeeze, se_gate=activations.get_gate(self.se_gate),
+          name=f'block_{i}', **conv)(x, train)
+    return self._head(x, train, hs, conv)
+
+  def _head(self, x: jax.Array, train: bool, act, conv: dict) -> jax.Array:
+    head_width, last_point = self.head_widths(x.shape[-1])
     last_bneck = x.shape[-1]
-    x = blocks.ConvBN(blocks.make_divisible(last_bneck * HEAD_EXPANSION), activation=act,
-                      name='head_conv', **conv)(x, train)
+    x = blocks.ConvBN(head_width, activation=act, name='head_conv', **conv)(x, train)
     if self.last_stage == 'v2':
       x = blocks.ConvBN(x.shape[-1], 3, depthwise=True, activation=act, name='head_depthwise',
                         **conv)(x, train)
@@ -155,14 +136,9 @@ class MobileNetV3(nn.Module):
     return x.astype(jnp.float32)
 
 
-def create_model(**options) -> MobileNetV3:
-  """Builds a validated MobileNetV3 from keyword options (e.g. `**config.model`)."""
-  return MobileNetV3(**options)
-
-
 def init_variables(model: MobileNetV3, rng: jax.Array, image_size: Tuple[int, int] = (224, 224),
                    channels: int = 3):
   """Initialises {'params', 'batch_stats'} for (1, H, W, C) inputs; checks the shape first."""
   shape = (1, *image_size, channels)
-  check_input_shape(shape)
+  options.check_input_shape(shape)
   return model.init(rng, jnp.zeros(shape, jnp.float32), train=False)

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mnv3_jax.ops import conv
-from mnv3_jax.ops import depthwise
-from mnv3_jax.model import blocks
-from mnv3_jax.ops import pointwise
-from mnv3_jax import model as model_lib
+from mnv3_jax import defaults
+from mnv3_jax.model import activations, options as options_lib
+from mnv3_jax.model.mobilenet_v3 import MobileNetV3
+from mnv3_jax.model.tables import TABLES
+from mnv3_jax.ops import conv, depthwise, pointwise
 
 # Modules whose MACs are output elements x kernel fan-in; every other leaf module counts 0.
 MAC_MODULES = (nn.Conv, conv.Conv, nn.Dense, pointwise.Pointwise, depthwise.DepthwiseConv)
@@ -61,7 +61,7 @@ def summarize(model: nn.Module, image_size: Tuple[int, int] = (224, 224),
     'bn_stats', 'macs'}}.
   """
   shape = (1, *image_size, channels)
-  model_lib.check_input_shape(shape)
+  options_lib.check_input_shape(shape)
   records = []
 
   def record(next_fun, args, kwargs, context):
@@ -89,9 +89,8 @@ def summarize(model: nn.Module, image_size: Tuple[int, int] = (224, 224),
     return out
 
   with nn.intercept_methods(record):
-    # Traced in training mode: at inference BatchNorm folds into the next op (blocks.ConvBN).
     variables = jax.eval_shape(
-        lambda rng, x: model.init({'params': rng, 'dropout': rng}, x, train=True),
+        lambda rng, x: model.init(rng, x, train=False),
         jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32))
   return {
       'image_size': list(image_size),
@@ -131,18 +130,19 @@ def parse_resolution(text: str) -> Tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
   """The command-line options: the model options that change its size, plus output switches."""
   p = argparse.ArgumentParser(prog='python -m mnv3_jax.model.summary', description=__doc__.split('\n')[0])
-  p.add_argument('--variant', default='large', choices=sorted(model_lib.TABLES))
-  p.add_argument('--width', type=float, default=1.0, help='width multiplier, > 0')
+  d = defaults.MODEL
+  p.add_argument('--variant', default=d['variant'], choices=sorted(TABLES))
+  p.add_argument('--width', type=float, default=d['width'], help='width multiplier, > 0')
   p.add_argument('--minimalistic', action='store_true', help='3x3 kernels, ReLU, no SE')
   p.add_argument('--resolution', type=parse_resolution, default=(224, 224),
                  help='input size: 224 or HxW like 224x160 (each >= 32)')
-  p.add_argument('--num_classes', type=int, default=1000)
-  p.add_argument('--activation', default='hard_swish', choices=sorted(blocks.ACTIVATIONS))
-  p.add_argument('--se', action=argparse.BooleanOptionalAction, default=True,
+  p.add_argument('--num_classes', type=int, default=d['num_classes'])
+  p.add_argument('--activation', default=d['activation'], choices=sorted(activations.ACTIVATIONS))
+  p.add_argument('--se', action=argparse.BooleanOptionalAction, default=d['se'],
                  help='squeeze-and-excite on (--se) or off (--no-se)')
-  p.add_argument('--se_gate', default='hard_sigmoid', choices=sorted(blocks.GATES))
-  p.add_argument('--stem_filters', type=int, default=model_lib.STEM_FILTERS)
-  p.add_argument('--last_stage', default='efficient', choices=list(model_lib.LAST_STAGES))
+  p.add_argument('--se_gate', default=d['se_gate'], choices=sorted(activations.GATES))
+  p.add_argument('--stem_filters', type=int, default=d['stem_filters'])
+  p.add_argument('--last_stage', default=d['last_stage'], choices=list(options_lib.LAST_STAGES))
   p.add_argument('--json', action='store_true', help='print one JSON object instead of a table')
   return p
 
@@ -155,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  se_gate=args.se_gate, stem_filters=args.stem_filters,
                  last_stage=args.last_stage)
   try:
-    summary = summarize(model_lib.create_model(**options), args.resolution)
+    summary = summarize(MobileNetV3(**options), args.resolution)
   except ValueError as e:
     parser.error(str(e))
   if args.json:

@@ -10,6 +10,7 @@ fast on CPU. Statistics are over the array this layer sees: under `jit` with a b
 input that is the global batch; under `shard_map` it is each device's shard.
 """
 import functools
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,17 +59,19 @@ def _backward(epsilon, residuals, cotangents):
 batch_norm_train.defvjp(_forward, _backward)
 
 
-class BatchNorm(nn.Module):
-  """BatchNorm of NHWC input over N, H, W: (N, H, W, C) -> (N, H, W, C) in `dtype`.
+def fold(scale: jax.Array, bias: jax.Array, mean: jax.Array, var: jax.Array,
+         epsilon: float) -> Tuple[jax.Array, jax.Array]:
+  """Inference BatchNorm as a per-channel map: BatchNorm(x) = x * a + b; returns (a, b), float32 (C,)."""
+  a = lax.rsqrt(var + epsilon) * scale
+  return a, bias - mean * a
 
-  With `use_running_average` and `fold`, returns the per-channel map instead of applying it:
-  (a, b), float32 (C,) each, with BatchNorm(x) = x * a + b (for fusing into another op).
-  """
+
+class BatchNorm(nn.Module):
+  """BatchNorm of NHWC input over N, H, W: (N, H, W, C) -> (N, H, W, C) in `dtype`."""
   use_running_average: bool = False
   momentum: float = 0.99
   epsilon: float = 1e-3
   dtype: jnp.dtype = jnp.float32
-  fold: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -79,9 +82,7 @@ class BatchNorm(nn.Module):
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (channels,), jnp.float32)
     x = x.astype(self.dtype)
     if self.use_running_average:
-      a = lax.rsqrt(ra_var.value + self.epsilon) * scale
-      b = bias - ra_mean.value * a
-      return (a, b) if self.fold else _affine(x, a, b)
+      return _affine(x, *fold(scale, bias, ra_mean.value, ra_var.value, self.epsilon))
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean

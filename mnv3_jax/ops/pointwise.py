@@ -5,7 +5,7 @@ three batch axes at once; XLA CPU lowers that to a much slower loop than the pla
 `x2.T @ dy2` over the flattened (N*H*W, C) views. The custom VJP below writes both gradients
 as 2-D GEMMs. Numerically it is the same matmul (tested against autodiff).
 """
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +39,6 @@ class Pointwise(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, scale: Optional[jax.Array] = None,
-               gate: Optional[jax.Array] = None) -> jax.Array:
-    """scale (features,): multiplies the outputs, folded into the weights (in float32).
-    gate (N, Cin): multiplies image n's inputs, x (N, ..., Cin) (squeeze-and-excite)."""
+  def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    if scale is not None:
-      kernel = kernel * scale
-    x = x.astype(self.dtype)
-    if gate is None:
-      return pointwise(x, kernel.astype(self.dtype))
-    return pointwise(x * gate.astype(self.dtype).reshape(gate.shape[0], *[1] * (x.ndim - 2), -1),
-                     kernel.astype(self.dtype))
+    return pointwise(x.astype(self.dtype), kernel.astype(self.dtype))

@@ -105,7 +105,7 @@ def test_param_counts_equal_keras(keras, variant, width, minimalistic):
   trainable = sum(math.prod(w.shape) for w in ref.trainable_weights)
   stats = sum(math.prod(w.shape) for w in ref.non_trainable_weights)
   keras.backend.clear_session()
-  variables = _shapes(model_lib.create_model(variant=variant, width=width,
+  variables = _shapes(model_lib.MobileNetV3(variant=variant, width=width,
                                              minimalistic=minimalistic))
   assert _size(variables['params']) == trainable
   assert _size(variables['batch_stats']) == stats
@@ -113,7 +113,7 @@ def test_param_counts_equal_keras(keras, variant, width, minimalistic):
 
 @pytest.mark.parametrize('variant, params', [('large', 5_483_032), ('small', 2_542_856)])
 def test_known_param_counts(variant, params):
-  assert _size(_shapes(model_lib.create_model(variant=variant))['params']) == params
+  assert _size(_shapes(model_lib.MobileNetV3(variant=variant))['params']) == params
 
 
 # ---------------------------------------------------------------------------- ablations
@@ -121,7 +121,7 @@ def test_known_param_counts(variant, params):
 @pytest.fixture(scope='module')
 def small_ref():
   """Default Small: random variables, a 2x32x32 batch, its logits and module outputs."""
-  model = model_lib.create_model(variant='small')
+  model = model_lib.MobileNetV3(variant='small')
   variables, x = _variables(model), _images((2, 32, 32, 3))
   return (variables, x, *_forward(model, variables, x))
 
@@ -129,7 +129,7 @@ def small_ref():
 @pytest.mark.parametrize('options', [dict(activation='relu'), dict(se_gate='sigmoid')])
 def test_activation_and_gate_change_outputs_not_params(small_ref, options):
   variables, x, ref_logits, ref_outputs = small_ref
-  model = model_lib.create_model(variant='small', **options)
+  model = model_lib.MobileNetV3(variant='small', **options)
   assert jax.tree.map(lambda s: s.shape, _shapes(model)) == jax.tree.map(jnp.shape, variables)
   logits, outputs = _forward(model, variables, x)
   assert _rel(logits, ref_logits) > 1e-3
@@ -142,8 +142,8 @@ def test_activation_and_gate_change_outputs_not_params(small_ref, options):
 
 @pytest.mark.parametrize('variant', ['large', 'small'])
 def test_se_switch_removes_exactly_the_se_layers(variant):
-  with_se = _shapes(model_lib.create_model(variant=variant))
-  without = _shapes(model_lib.create_model(variant=variant, se=False))
+  with_se = _shapes(model_lib.MobileNetV3(variant=variant))
+  without = _shapes(model_lib.MobileNetV3(variant=variant, se=False))
   se = {name: block['se'] for name, block in with_se['params'].items() if 'se' in block}
   assert len(se) == sum(row.se for row in model_lib.TABLES[variant])
   for name, tree in se.items():
@@ -155,21 +155,21 @@ def test_se_switch_removes_exactly_the_se_layers(variant):
 
 
 def test_stem_filters_32_is_the_mobilenet_v2_stem():
-  params = _shapes(model_lib.create_model(stem_filters=32))['params']
+  params = _shapes(model_lib.MobileNetV3(stem_filters=32))['params']
   assert params['stem']['conv']['kernel'].shape == (3, 3, 3, 32)
   assert params['block_0']['depthwise']['conv']['kernel'].shape == (3, 3, 1, 32)
   assert params['block_0']['project']['conv']['kernel'].shape == (32, 16)
-  small = _shapes(model_lib.create_model(variant='small', stem_filters=32))['params']
+  small = _shapes(model_lib.MobileNetV3(variant='small', stem_filters=32))['params']
   assert small['block_0']['se']['reduce']['kernel'].shape == (32, 8)
   # Paper §5.1: the 16-filter stem saved 10M MAdds.
-  extra = (summary.summarize(model_lib.create_model(stem_filters=32))['macs']
-           - summary.summarize(model_lib.create_model())['macs'])
+  extra = (summary.summarize(model_lib.MobileNetV3(stem_filters=32))['macs']
+           - summary.summarize(model_lib.MobileNetV3())['macs'])
   assert 8e6 < extra < 12e6
 
 
 def test_last_stage_v2_is_the_stage_the_paper_removed():
-  v2 = summary.summarize(model_lib.create_model(last_stage='v2'))
-  efficient = summary.summarize(model_lib.create_model())
+  v2 = summary.summarize(model_lib.MobileNetV3(last_stage='v2'))
+  efficient = summary.summarize(model_lib.MobileNetV3())
   rows = {r['path']: r for r in v2['layers']}
   assert rows['head_depthwise/conv']['kernel_shape'] == [3, 3, 1, 960]
   assert rows['head_project/conv']['kernel_shape'] == [960, 320]
@@ -186,18 +186,18 @@ def test_last_stage_v2_is_the_stage_the_paper_removed():
 
 def test_minimalistic_is_3x3_relu_without_se():
   for variant in ('large', 'small'):
-    params = _shapes(model_lib.create_model(variant=variant, minimalistic=True))['params']
+    params = _shapes(model_lib.MobileNetV3(variant=variant, minimalistic=True))['params']
     kernels = [b['depthwise']['conv']['kernel'].shape for n, b in params.items()
                if n.startswith('block_')]
     assert len(kernels) == len(model_lib.TABLES[variant])
     assert all(k[:2] == (3, 3) for k in kernels)
     assert not any('se' in b for b in params.values())
   # Only ReLU: every activated output is >= 0, and the `activation` option has no effect.
-  model = model_lib.create_model(variant='small', minimalistic=True)
+  model = model_lib.MobileNetV3(variant='small', minimalistic=True)
   variables, x = _variables(model), _images((2, 32, 32, 3))
   logits, outputs = _forward(model, variables, x)
   assert min(float(v.min()) for v in _activated(outputs).values()) >= 0
-  other, _ = _forward(model_lib.create_model(variant='small', minimalistic=True,
+  other, _ = _forward(model_lib.MobileNetV3(variant='small', minimalistic=True,
                                              activation='gelu'), variables, x)
   np.testing.assert_array_equal(other, logits)
 
@@ -216,10 +216,10 @@ def _assert_trees_close(got, want, rtol):
 def test_depthwise_impls_agree_in_training():
   # Small has 3x3 and 5x5 depthwise convs at strides 1 and 2; 57 is odd, so both SAME paddings.
   x, labels = _images((2, 64, 57, 3)), jnp.array([1, 7])
-  variables = _variables(model_lib.create_model(variant='small', num_classes=10))
+  variables = _variables(model_lib.MobileNetV3(variant='small', num_classes=10))
   results = {}
   for impl in ('conv', 'shifted'):
-    model = model_lib.create_model(variant='small', num_classes=10, depthwise_impl=impl)
+    model = model_lib.MobileNetV3(variant='small', num_classes=10, depthwise_impl=impl)
 
     def loss(params, model=model):
       logits, state = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
@@ -238,7 +238,7 @@ def test_depthwise_impls_agree_in_training():
 
 
 def test_bfloat16_compute_close_to_float32():
-  model = model_lib.create_model(variant='small', dtype='bfloat16')
+  model = model_lib.MobileNetV3(variant='small', dtype='bfloat16')
   variables = _shapes(model)
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   # Training mode: BN normalises with batch statistics, as when bfloat16 is used to train. With
@@ -246,7 +246,7 @@ def test_bfloat16_compute_close_to_float32():
   variables, x = _variables(model), _images((8, 96, 96, 3))
   logits = {}
   for dtype in ('float32', 'bfloat16'):
-    m = model_lib.create_model(variant='small', dtype=dtype, dropout_rate=0.0)
+    m = model_lib.MobileNetV3(variant='small', dtype=dtype, dropout_rate=0.0)
     fn = lambda v, x, m=m: m.apply(v, x, train=True, mutable=['batch_stats'])[0]
     logits[dtype] = _compile(fn, variables, x)(variables, x)
   assert logits['bfloat16'].dtype == jnp.float32
@@ -259,7 +259,7 @@ def test_bfloat16_compute_close_to_float32():
 @pytest.mark.parametrize('variant', ['large', 'small'])
 @pytest.mark.parametrize('size', [(32, 32), (33, 75), (224, 160)])
 def test_any_resolution_and_aspect_ratio(variant, size):
-  model = model_lib.create_model(variant=variant, num_classes=7)
+  model = model_lib.MobileNetV3(variant=variant, num_classes=7)
   out = jax.eval_shape(lambda v, x: model.apply(v, x), _shapes(model, size),
                        jax.ShapeDtypeStruct((3, *size, 3), jnp.float32))
   assert (out.shape, out.dtype) == ((3, 7), jnp.float32)
@@ -269,7 +269,7 @@ def test_any_resolution_and_aspect_ratio(variant, size):
 
 
 def test_odd_non_square_forward_runs():
-  model = model_lib.create_model(variant='small', num_classes=7)
+  model = model_lib.MobileNetV3(variant='small', num_classes=7)
   x = _images((2, 33, 75, 3))
   logits, _ = _forward(model, _variables(model), x)
   assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
@@ -289,12 +289,12 @@ def test_odd_non_square_forward_runs():
 ])
 def test_bad_options_raise_before_building(options, bad, allowed):
   with pytest.raises(ValueError) as e:
-    model_lib.create_model(**options)
+    model_lib.MobileNetV3(**options)
   assert bad in str(e.value) and allowed in str(e.value)
 
 
 def test_resolution_below_32_raises_before_building():
-  model = model_lib.create_model()
+  model = model_lib.MobileNetV3()
   for call in (lambda: model_lib.init_variables(model, jax.random.key(0), (31, 224)),
                lambda: summary.summarize(model, (31, 224))):
     with pytest.raises(ValueError) as e:

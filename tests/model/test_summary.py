@@ -10,7 +10,7 @@ from mnv3_jax.model import summary
 
 
 def _summary(image_size=(224, 224), **options):
-  return summary.summarize(model_lib.create_model(**options), image_size)
+  return summary.summarize(model_lib.MobileNetV3(**options), image_size)
 
 
 @pytest.mark.parametrize('variant, params, bn_stats, macs', [

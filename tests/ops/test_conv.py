@@ -6,14 +6,14 @@ import pytest
 from flax import linen as nn
 
 from mnv3_jax.ops import conv
-from mnv3_jax.model import blocks
+from mnv3_jax.model import activations
 from tests.ops.test_depthwise import _assert_close, _pads
 
 
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
 @pytest.mark.parametrize('h,w,stride,padding,features,act', [
-    (9, 12, 2, 'same', 16, blocks.hard_swish), (8, 11, 2, 'symmetric', 20, nn.relu),
-    (7, 7, 1, 'same', 8, blocks.identity), (6, 9, 1, 'symmetric', 36, nn.swish)])
+    (9, 12, 2, 'same', 16, activations.hard_swish), (8, 11, 2, 'symmetric', 20, nn.relu),
+    (7, 7, 1, 'same', 8, activations.identity), (6, 9, 1, 'symmetric', 36, nn.swish)])
 def test_fused_dense_conv_matches_lax_conv(dtype, tol, h, w, stride, padding, features, act):
   """conv.fused_conv (the stem: dense 3x3, BatchNorm and activation in the native kernel) equals
   lax.conv then the map in float32, values and gradients; widths that are not a multiple of 8,

@@ -210,7 +210,7 @@ def test_ema_update_matches_numpy_under_jit():
 
 
 def _abstract_params(channels=3, **options):
-  model = model_lib.create_model(variant='small', num_classes=10, **options)
+  model = model_lib.MobileNetV3(variant='small', num_classes=10, **options)
   return jax.eval_shape(lambda: model_lib.init_variables(
       model, jax.random.key(0), (32, 32), channels=channels))['params']
 
