@@ -2,22 +2,9 @@
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-
-def hard_sigmoid(x: jax.Array) -> jax.Array:
-  """ReLU6(x + 3) / 6, the piecewise-linear sigmoid of the paper (eq. 2)."""
-  return jnp.clip(x + 3.0, 0.0, 6.0) * (1.0 / 6.0)
-
-
-def hard_swish(x: jax.Array) -> jax.Array:
-  """x * ReLU6(x + 3) / 6 (the paper's h-swish)."""
-  return x * hard_sigmoid(x)
-
-
-def identity(x: jax.Array) -> jax.Array:
-  return x
+from mnv3_jax.ops.activations import hard_sigmoid, hard_swish, identity
 
 
 ACTIVATIONS = {

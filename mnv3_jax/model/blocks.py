@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mnv3_jax import defaults
-from mnv3_jax.model.activations import hard_sigmoid
+from mnv3_jax.ops.activations import hard_sigmoid
 from mnv3_jax.ops import batchnorm, depthwise, pointwise
 from mnv3_jax.ops import conv as conv_lib
 

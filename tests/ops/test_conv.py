@@ -6,7 +6,7 @@ import pytest
 from flax import linen as nn
 
 from mnv3_jax.ops import conv
-from mnv3_jax.model import activations
+from mnv3_jax.ops import activations
 from tests.ops.test_depthwise import _assert_close, _pads
 
 
