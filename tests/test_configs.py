@@ -109,3 +109,18 @@ def test_input_pipeline_data_config_is_the_same():
   from mnv3_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   assert input_pipeline.default_data_config().to_dict() == default.base_config().data.to_dict()
   assert defaults.DATA['num_parallel_calls'] == tf.data.AUTOTUNE
+
+
+def test_model_takes_the_config_options_and_names_a_bad_dtype():
+  """train/ hands config.model to the model as it is: 'auto' dtype included (resolved by the
+  model: float32 on this CPU); a bad dtype is a ValueError when the module is built (preflight,
+  before any compile)."""
+  from mnv3_jax.model import MobileNetV3  # pylint: disable=g-import-not-at-top
+  from mnv3_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  config = small.get_config()
+  model = trainer.build_model(config.model)
+  assert model.dtype == 'auto' and model.bn_momentum == defaults.MODEL['bn_momentum']
+  assert MobileNetV3().dtype == defaults.MODEL['dtype']
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match="float16"):
+    trainer.build_model(config.model)

@@ -42,9 +42,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
   width = options.get('width')
   if isinstance(width, float) and not math.isfinite(width):
     raise ValueError(f'Invalid model.width {width!r}; allowed: a finite number > 0.')
-  if options.get('dtype') == 'auto':
-    options['dtype'] = 'float32'
-  model = MobileNetV3(**options)               # validates every model option
+  model = MobileNetV3(**options)               # validates every model option ('auto' dtype too)
   if config.data.image_size < 32:
     raise ValueError(f'Invalid data.image_size {config.data.image_size!r}; allowed: an '
                      'integer >= 32.')

@@ -28,18 +28,9 @@ from mnv3_jax.train import preflight
 from mnv3_jax.model import MobileNetV3
 
 
-def resolve_dtype(name: str) -> str:
-  """'auto' -> bfloat16 on accelerators, float32 on CPU."""
-  if name == 'auto':
-    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
-  return name
-
-
 def build_model(model_config: ml_collections.ConfigDict) -> MobileNetV3:
-  """The validated MobileNetV3 of `config.model` (dtype 'auto' resolved for this backend)."""
-  options = model_config.to_dict()
-  options['dtype'] = resolve_dtype(options['dtype'])
-  return MobileNetV3(**options)
+  """The validated MobileNetV3 of `config.model` (the model resolves dtype 'auto' itself)."""
+  return MobileNetV3(**model_config.to_dict())
 
 
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
