@@ -130,9 +130,9 @@ def _head(model: MobileNetV3, root: _Layers, x: jax.Array, act, impl: str) -> ja
   return root.dense('logits', x).astype(jnp.float32)
 
 
-def inference_fn(model: MobileNetV3) -> Callable[[Tree, jax.Array], jax.Array]:
+def inference_fn(model) -> Callable[[Tree, jax.Array], jax.Array]:
   """(variables, images) -> float32 logits at inference: fused where the native kernels run,
-  else the canonical module."""
-  if native_available():
+  else the canonical module (and for any other flax module taking `(x, train=False)`)."""
+  if isinstance(model, MobileNetV3) and native_available():
     return lambda variables, images: fused_apply(model, variables, images, native=True)
   return lambda variables, images: model.apply(variables, images, train=False)
