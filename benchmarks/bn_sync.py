@@ -33,6 +33,7 @@ from configs import default
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
+from mnv3_jax.model import MobileNetV3
 
 flags.DEFINE_string('variant', 'small', 'large or small')
 flags.DEFINE_float('width', 1.0, 'Width multiplier.')
@@ -72,7 +73,7 @@ def bn_channels(params) -> tuple:
 
 
 def measure(config, mesh, batch):
-  model = trainer.build_model(config.model)
+  model = MobileNetV3(**config.model)
   schedule, tx = trainer.build_optimizer(config, steps_per_epoch=1000)
   init_fn, train_fn, _ = steps.jit_steps(model, tx, schedule, config, mesh)
   state = init_fn(jax.random.key(0))

@@ -116,11 +116,10 @@ def test_model_takes_the_config_options_and_names_a_bad_dtype():
   model: float32 on this CPU); a bad dtype is a ValueError when the module is built (preflight,
   before any compile)."""
   from mnv3_jax.model import MobileNetV3  # pylint: disable=g-import-not-at-top
-  from mnv3_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = small.get_config()
-  model = trainer.build_model(config.model)
+  model = MobileNetV3(**config.model)
   assert model.dtype == 'auto' and model.bn_momentum == defaults.MODEL['bn_momentum']
   assert MobileNetV3().dtype == defaults.MODEL['dtype']
   config.model.dtype = 'float16'
   with pytest.raises(ValueError, match="float16"):
-    trainer.build_model(config.model)
+    MobileNetV3(**config.model)

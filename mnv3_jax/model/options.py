@@ -30,8 +30,8 @@ def _check_number(name, value, allowed, ok, integer=False):
     raise ValueError(f'Invalid {name} {value!r}; allowed: {allowed}.')
 
 
-def validate_options(m: 'MobileNetV3') -> None:
-  """Raises ValueError naming the first bad option of `m` and what is allowed."""
+def validate_options(m) -> None:
+  """Raises ValueError naming the first bad option of `m` (a MobileNetV3) and what is allowed."""
   _check_choice('variant', m.variant, TABLES)
   _check_number('width', m.width, 'a finite number > 0', lambda v: 0 < v < float('inf'))
   _check_number('num_classes', m.num_classes, 'an integer >= 1', lambda v: v >= 1, True)

@@ -28,11 +28,6 @@ from mnv3_jax.train import preflight
 from mnv3_jax.model import MobileNetV3
 
 
-def build_model(model_config: ml_collections.ConfigDict) -> MobileNetV3:
-  """The validated MobileNetV3 of `config.model` (the model resolves dtype 'auto' itself)."""
-  return MobileNetV3(**model_config.to_dict())
-
-
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """(schedule, tx): the recipe's learning-rate schedule and RMSProp+L2 chain."""
   o = config.optim
@@ -159,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
 
 
 def _train_and_evaluate(config, workdir, mesh, info, sigterm) -> Optional[dict]:
-  model = build_model(config.model)
+  model = MobileNetV3(**config.model)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else max(1, int(config.num_epochs * steps_per_epoch)))

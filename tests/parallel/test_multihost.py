@@ -24,6 +24,7 @@ from mnv3_jax.data import input_pipeline
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
+from mnv3_jax.model import MobileNetV3
 from tests.train.test_trainer import steps_per_epoch, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def logs(log_dir) -> str:
 def one_process(config):
   """(mesh, init_fn, train_fn, eval_fn) for `config` on this process's 8 devices."""
   mesh = sharding.make_mesh()
-  model = trainer.build_model(config.model)
+  model = MobileNetV3(**config.model)
   schedule, tx = trainer.build_optimizer(config, steps_per_epoch(config))
   return (mesh, *steps.jit_steps(model, tx, schedule, config, mesh))
 

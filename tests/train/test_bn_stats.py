@@ -8,6 +8,7 @@ from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 from mnv3_jax.train import preflight
+from mnv3_jax.model import MobileNetV3
 from tests.train.test_trainer import random_batch, tiny_config
 
 STEPS_PER_EPOCH = 10   # any: only the learning-rate schedule depends on it
@@ -23,7 +24,7 @@ def test_per_device_bn_step_equals_each_shard_on_its_own(tmp_path):
   mesh = sharding.make_mesh()
   n = mesh.devices.size
   assert n == 8, 'tests/conftest.py must give 8 CPU devices'
-  model = trainer.build_model(config.model)
+  model = MobileNetV3(**config.model)
   schedule, tx = trainer.build_optimizer(config, STEPS_PER_EPOCH)
   init_fn, train_fn, _ = steps.jit_steps(model, tx, schedule, config, mesh)
   batch = random_batch(config.batch_size, config.data.image_size, 10)

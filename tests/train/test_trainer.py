@@ -11,6 +11,7 @@ from mnv3_jax.data import input_pipeline
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
+from mnv3_jax.model import MobileNetV3
 
 
 def tiny_config(data_dir, **overrides):
@@ -56,7 +57,7 @@ def random_batch(n, size, classes, seed=0):
 def test_one_step_on_8_devices_equals_1_device(data_dir):
   assert jax.device_count() == 8, 'tests/conftest.py must give 8 CPU devices'
   config = tiny_config(data_dir)
-  model = trainer.build_model(config.model)
+  model = MobileNetV3(**config.model)
   schedule, tx = trainer.build_optimizer(config, steps_per_epoch(config))
   batch = random_batch(16, 32, 10)
   results = []
@@ -125,7 +126,7 @@ def restore_state(config, workdir):
   """(train state, step) of the newest checkpoint of a run of `config` in `workdir`."""
   ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
   mesh = sharding.make_mesh()
-  model = trainer.build_model(config.model)
+  model = MobileNetV3(**config.model)
   schedule, tx = trainer.build_optimizer(config, steps_per_epoch(config))
   init_fn, _, _ = steps.jit_steps(model, tx, schedule, config, mesh)
   try:
