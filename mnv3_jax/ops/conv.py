@@ -17,6 +17,7 @@ from flax import linen as nn
 from jax import lax
 
 from mnv3_jax.ops import depthwise
+from mnv3_jax.parallel import sharding
 
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 
@@ -35,12 +36,16 @@ def _reference(x, kernel, post, stride, padding):
 
 def _native(x, kernel, scale, shift, code, stride, padding):
   k = kernel.shape[0]
-  out = (x.shape[0], (x.shape[1] + sum(padding[0]) - k) // stride + 1,
-         (x.shape[2] + sum(padding[1]) - k) // stride + 1, kernel.shape[3])
-  call = jax.ffi.ffi_call('Mnv3ConvFusedForward', jax.ShapeDtypeStruct(out, x.dtype))
-  return call(x, kernel.astype(jnp.float32), scale.astype(jnp.float32), shift.astype(jnp.float32),
-              s=np.int64(stride), pt=np.int64(padding[0][0]), pl=np.int64(padding[1][0]),
-              post_act=np.int64(code))
+
+  def run(x, kernel, scale, shift):   # per device on a sharded batch: `sharding.per_shard`
+    out = (x.shape[0], (x.shape[1] + sum(padding[0]) - k) // stride + 1,
+           (x.shape[2] + sum(padding[1]) - k) // stride + 1, kernel.shape[3])
+    call = jax.ffi.ffi_call('Mnv3ConvFusedForward', jax.ShapeDtypeStruct(out, x.dtype))
+    return call(x, kernel, scale, shift, s=np.int64(stride), pt=np.int64(padding[0][0]),
+                pl=np.int64(padding[1][0]), post_act=np.int64(code))
+
+  return sharding.per_shard(run, (x,), (kernel.astype(jnp.float32), scale.astype(jnp.float32),
+                                        shift.astype(jnp.float32)))
 
 
 def fused_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, impl: str,

@@ -32,6 +32,7 @@ from jax import lax
 
 from mnv3_jax.model import activations
 from mnv3_jax.ops import native
+from mnv3_jax.parallel import sharding
 
 IMPLS = ('auto', 'conv', 'shifted', 'native')
 NATIVE_DTYPES = (jnp.float32, jnp.bfloat16)
@@ -118,23 +119,37 @@ def _native_attrs(k, stride, padding):
               pl=np.int64(padding[1][0]))
 
 
+# The native calls run per device on a batch sharded over a mesh (`sharding.per_shard`): their
+# output shapes come from the (per-device) arguments.
 def _native_forward(x, kernel, stride, padding):
   k = kernel.shape[0]
-  out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
-         _out_size(x.shape[2], padding[1], k, stride), x.shape[3])
-  call = jax.ffi.ffi_call('Mnv3DepthwiseForward', jax.ShapeDtypeStruct(out, x.dtype))
-  return call(x, kernel.astype(jnp.float32), **_native_attrs(k, stride, padding))
+
+  def run(x, kernel):
+    out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
+           _out_size(x.shape[2], padding[1], k, stride), x.shape[3])
+    call = jax.ffi.ffi_call('Mnv3DepthwiseForward', jax.ShapeDtypeStruct(out, x.dtype))
+    return call(x, kernel, **_native_attrs(k, stride, padding))
+
+  return sharding.per_shard(run, (x,), (kernel.astype(jnp.float32),))
 
 
 def _native_input_grad(dy, kernel, stride, padding, in_shape):
-  call = jax.ffi.ffi_call('Mnv3DepthwiseInputGrad', jax.ShapeDtypeStruct(in_shape, dy.dtype))
-  return call(dy, kernel.astype(jnp.float32), **_native_attrs(kernel.shape[0], stride, padding))
+  def run(dy, kernel):
+    shape = (dy.shape[0], *in_shape[1:])
+    call = jax.ffi.ffi_call('Mnv3DepthwiseInputGrad', jax.ShapeDtypeStruct(shape, dy.dtype))
+    return call(dy, kernel, **_native_attrs(kernel.shape[0], stride, padding))
+
+  return sharding.per_shard(run, (dy,), (kernel.astype(jnp.float32),))
 
 
 def _native_weight_grad(x, dy, k, stride, padding):
-  per_image = jax.ShapeDtypeStruct((x.shape[0], k, k, 1, x.shape[3]), jnp.float32)
-  call = jax.ffi.ffi_call('Mnv3DepthwiseWeightGrad', per_image)
-  return jnp.sum(call(x, dy, **_native_attrs(k, stride, padding)), axis=0)
+  def run(x, dy):
+    per_image = jax.ShapeDtypeStruct((x.shape[0], k, k, 1, x.shape[3]), jnp.float32)
+    return jax.ffi.ffi_call('Mnv3DepthwiseWeightGrad', per_image)(
+        x, dy, **_native_attrs(k, stride, padding))
+
+  # Per-image sums stay batch-sharded; XLA sums each device's, then all-reduces (k*k*C floats).
+  return jnp.sum(sharding.per_shard(run, (x, dy)), axis=0)
 
 
 _PARTS = {
@@ -226,12 +241,17 @@ def _native_fused(x, kernel, pre, post, stride, padding):
     args.append((scale.astype(jnp.float32), shift.astype(jnp.float32)))
     codes.append(np.int64(-1 if affine is None else NATIVE_ACTIVATIONS[activation]))
   k = kernel.shape[0]
-  out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
-         _out_size(x.shape[2], padding[1], k, stride), channels)
-  call = jax.ffi.ffi_call('Mnv3DepthwiseFusedForward', (
-      jax.ShapeDtypeStruct(out, x.dtype), jax.ShapeDtypeStruct((x.shape[0], channels), jnp.float32)))
-  return call(x, *args[0], kernel.astype(jnp.float32), *args[1], pre_act=codes[0],
-              post_act=codes[1], **_native_attrs(k, stride, padding))
+
+  def run(x, pre_scale, pre_shift, kernel, post_scale, post_shift):
+    out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
+           _out_size(x.shape[2], padding[1], k, stride), channels)
+    call = jax.ffi.ffi_call('Mnv3DepthwiseFusedForward', (
+        jax.ShapeDtypeStruct(out, x.dtype),
+        jax.ShapeDtypeStruct((x.shape[0], channels), jnp.float32)))
+    return call(x, pre_scale, pre_shift, kernel, post_scale, post_shift, pre_act=codes[0],
+                post_act=codes[1], **_native_attrs(k, stride, padding))
+
+  return sharding.per_shard(run, (x,), (*args[0], kernel.astype(jnp.float32), *args[1]))
 
 
 def fused_depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,

@@ -142,7 +142,9 @@ def eval_step(params, batch_stats, batch: dict, *, model) -> EvalMetrics:
 def jit_steps(model, tx, schedule, config, mesh):
   """Returns (init_fn, train_fn, eval_fn) compiled for `mesh`; state replicated, batch sharded.
 
-  The train step's BatchNorm statistics follow `config.bn_stats` (see the module docstring).
+  The train step's BatchNorm statistics follow `config.bn_stats` (see the module docstring). The
+  steps are traced with `mesh` active, so the native CPU kernels run per device on the sharded
+  batch (`sharding.per_shard`) rather than on an all-gathered copy of it.
   """
   check_bn_stats(config.bn_stats)
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -160,7 +162,8 @@ def jit_steps(model, tx, schedule, config, mesh):
     # check_vma=False: gradients stay per device inside the body and are averaged explicitly.
     step = jax.shard_map(functools.partial(step, axis_name=axis), mesh=mesh,
                          in_specs=(P(), P(axis)), out_specs=(P(), P()), check_vma=False)
-  train_fn = jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, rep, data),
-                    out_shardings=rep)
+  train_fn = jax.jit(sharding.traced_in_mesh(step, mesh), in_shardings=(rep, data),
+                     out_shardings=(rep, rep), donate_argnums=0)
+  eval_fn = jax.jit(sharding.traced_in_mesh(functools.partial(eval_step, model=model), mesh),
+                    in_shardings=(rep, rep, data), out_shardings=rep)
   return init_fn, train_fn, eval_fn
