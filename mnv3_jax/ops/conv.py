@@ -82,22 +82,18 @@ def fused_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, i
 class Conv(nn.Module):
   """kxk conv without bias, the params of `nn.Conv` ('kernel' (k, k, Ci, features)).
 
-  (N, H, W, Ci) -> (N, Ho, Wo, features); `post` (inference): see `fused_conv`.
+  (N, H, W, Ci) -> (N, Ho, Wo, features); `padding` ((top, bottom), (left, right)).
   """
   features: int
   kernel_size: int
   stride: int
   padding: Padding
   kernel_init: Callable = nn.initializers.lecun_normal()
-  impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, post=None) -> jax.Array:
+  def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if post is None:
-      return conv(x, kernel, self.stride, self.padding)
-    return fused_conv(x, kernel, self.stride, self.padding, self.impl, post)
+    return conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)

@@ -30,7 +30,7 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from mnv3_jax.model import activations
+from mnv3_jax.ops import activations
 from mnv3_jax.ops import native
 from mnv3_jax.parallel import sharding
 
@@ -306,15 +306,9 @@ class DepthwiseConv(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, pre: Optional[Affine] = None,
-               post: Optional[Affine] = None, pool: bool = False):
-    """pre / post / pool (inference): per-channel maps applied before / after, and the
-    per-image channel sums returned too; see `fused_depthwise_conv`."""
-    channels = x.shape[-1]
+  def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
         'kernel', nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
-        (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if pre is None and post is None and not pool:
-      return depthwise_conv(x, kernel, self.stride, self.padding, self.impl)
-    return fused_depthwise_conv(x, kernel, self.stride, self.padding, self.impl, pre, post, pool)
+        (self.kernel_size, self.kernel_size, 1, x.shape[-1]), jnp.float32)
+    return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                          self.padding, self.impl)

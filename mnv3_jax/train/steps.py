@@ -23,6 +23,7 @@ import optax
 from clu import metrics as clu_metrics
 from jax.sharding import PartitionSpec as P
 
+from mnv3_jax.model import fused
 from mnv3_jax.train import optim
 from mnv3_jax.parallel import sharding
 
@@ -129,9 +130,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
 
 def eval_step(params, batch_stats, batch: dict, *, model) -> EvalMetrics:
-  """Metrics of one padded batch {'image', 'label', 'mask'}; padding (mask 0) is not counted."""
-  logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
-                       train=False)
+  """Metrics of one padded batch {'image', 'label', 'mask'}; padding (mask 0) is not counted.
+
+  The forward is `fused.inference_fn`: the fused CPU kernels where they run.
+  """
+  logits = fused.inference_fn(model)({'params': params, 'batch_stats': batch_stats},
+                                     batch['image'])
   mask = batch['mask'].astype(jnp.float32)
   return EvalMetrics.single_from_model_output(
       loss=cross_entropy(logits, batch['label'], 0.0), mask=mask,

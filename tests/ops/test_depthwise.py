@@ -14,7 +14,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mnv3_jax.ops import depthwise
-from mnv3_jax.model import blocks
+from mnv3_jax.model import activations, blocks
 from mnv3_jax import model
 from mnv3_jax import runtime
 from mnv3_jax.ops import native
@@ -82,8 +82,8 @@ def test_fused_inference_matches_unfused_ops(dtype, tol):
   kernel = jax.random.normal(keys[1], (k, k, 1, c)).astype(dtype)
   affine = lambda key: tuple(jax.random.normal(kk, (c,)) for kk in jax.random.split(key))
   pads = _pads(h, w, k, stride, 'same')
-  combos = [(None, blocks.hard_swish), (nn.relu, blocks.identity), (blocks.hard_swish, nn.relu),
-            (nn.swish, blocks.hard_swish)]
+  combos = [(None, activations.hard_swish), (nn.relu, activations.identity), (activations.hard_swish, nn.relu),
+            (nn.swish, activations.hard_swish)]
 
   @jax.jit
   def run(x, kernel):
