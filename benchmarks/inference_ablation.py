@@ -4,7 +4,7 @@ r"""What the native CPU kernels buy at inference, measured alternating in one pr
 
 Times (median ms per call over `rounds` x `steps` calls, the two sides alternating every round):
 - the stem alone, (batch, 224, 224, 3) -> 16 channels, 3x3 stride 2, BatchNorm and h-swish:
-  `conv.fused_conv` with the native kernel against `lax.conv` followed by the same ops in XLA;
+  `ops.fused.fused_conv` with the native kernel against `lax.conv` followed by the same ops in XLA;
 - MobileNetV3 Small and Large inference at 224: the fused inference pass with the native kernels
   (`fused.fused_apply(native=True)`, what evaluation runs on CPU) against the canonical module with
   `depthwise_impl='shifted'` (pure XLA: the same network with no custom calls).
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from mnv3_jax.ops import conv
+from mnv3_jax.ops import fused as fused_ops
 from mnv3_jax.model import activations, blocks, fused
 from mnv3_jax import model as model_lib
 
@@ -35,11 +35,11 @@ flags.DEFINE_integer('steps', 10, 'Timed calls per side and round (after 2 warm-
 FLAGS = flags.FLAGS
 
 
-def _stem(impl: str):
+def _stem(native: bool):
   pads = blocks.spatial_padding((1, 224, 224, 3), 3, 2, 'same')
   post_scale, post_shift = jnp.full((16,), 0.5), jnp.full((16,), 0.1)
-  return jax.jit(lambda x, w: conv.fused_conv(
-      x, w, 2, pads, impl, (post_scale, post_shift, activations.hard_swish)))
+  return jax.jit(lambda x, w: fused_ops.fused_conv(
+      x, w, 2, pads, native, (post_scale, post_shift, activations.hard_swish)))
 
 
 def _network(variant: str, native: bool):
@@ -79,7 +79,7 @@ def main(_):
           '|---|---|---|---|']
   w = jax.random.normal(key, (3, 3, 3, 16)) * 0.2
   rows.append(compare('stem conv + BN + h-swish', [
-      ('native', _stem('native'), (x, w)), ('lax.conv', _stem('conv'), (x, w))],
+      ('native', _stem(True), (x, w)), ('lax.conv', _stem(False), (x, w))],
       FLAGS.rounds, FLAGS.steps))
   for variant in ('small', 'large'):
     sides = []

@@ -4,10 +4,10 @@
 What it fuses, per block (the canonical blocks in `blocks.py` compute the same unfused):
 - every BatchNorm becomes its per-channel map x * a + b (`batchnorm.fold`);
 - the expansion's BatchNorm and activation, the depthwise conv, its BatchNorm and activation,
-  and the squeeze-and-excite pool run as one op (`depthwise.fused_depthwise_conv`);
+  and the squeeze-and-excite pool run as one op (`fused_ops.fused_depthwise_conv`);
 - the SE gate scales the projection's input and the projection's BatchNorm scale is folded into
   its 1x1 weights, so the SE multiply and the BatchNorm cost no pass of their own;
-- the stem runs its BatchNorm and activation inside the convolution (`conv.fused_conv`).
+- the stem runs its BatchNorm and activation inside the convolution (`ops.fused.fused_conv`).
 With `native=True` those ops are the C++ CPU kernels (`ops/csrc`, one pass over memory); with
 `native=False` they are plain XLA ops (XLA fuses the elementwise parts itself).
 
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from mnv3_jax.model import activations, blocks, options
 from mnv3_jax.model.mobilenet_v3 import BlockSpec, MobileNetV3
 from mnv3_jax.model.tables import HS
-from mnv3_jax.ops import batchnorm, conv, depthwise, native, pointwise
+from mnv3_jax.ops import batchnorm, depthwise, native, pointwise
+from mnv3_jax.ops import fused as fused_ops
 
 Tree = Mapping[str, Any]
 
@@ -77,7 +78,7 @@ def _bneck(layers: _Layers, spec: BlockSpec, x: jax.Array, gate_fn, padding: str
     x = pointwise.pointwise(x, layers.kernel('expand').astype(layers.dtype))
     pre = (*layers.bn('expand'), act)
   pads = blocks.spatial_padding(x.shape, spec.kernel, spec.stride, padding)
-  y = depthwise.fused_depthwise_conv(
+  y = fused_ops.fused_depthwise_conv(
       x, layers.kernel('depthwise').astype(layers.dtype), spec.stride, pads, impl, pre=pre,
       post=(*layers.bn('depthwise'), act), pool=spec.se_squeeze is not None)
   gate = None
@@ -109,8 +110,8 @@ def fused_apply(model: MobileNetV3, variables: Tree, images: jax.Array,
   x = model.prepare_input(images)
   stem = root.sub('stem')
   pads = blocks.spatial_padding(x.shape, 3, 2, model.padding)
-  x = conv.fused_conv(x, stem.p['conv']['kernel'].astype(dtype), 2, pads,
-                      'native' if native else 'conv', post=(*root.bn('stem'), hs))
+  x = fused_ops.fused_conv(x, stem.p['conv']['kernel'].astype(dtype), 2, pads, native,
+                          post=(*root.bn('stem'), hs))
   gate_fn = activations.get_gate(model.se_gate)
   for i, spec in enumerate(model.block_specs()):
     x = _bneck(root.sub(f'block_{i}'), spec, x, gate_fn, model.padding, impl)
@@ -121,7 +122,7 @@ def _head(model: MobileNetV3, root: _Layers, x: jax.Array, act, impl: str) -> ja
   x = _pointwise_bn(root, 'head_conv', x, act)
   if model.last_stage == 'v2':
     pads = blocks.spatial_padding(x.shape, 3, 1, model.padding)
-    x = depthwise.fused_depthwise_conv(x, root.kernel('head_depthwise').astype(root.dtype), 1,
+    x = fused_ops.fused_depthwise_conv(x, root.kernel('head_depthwise').astype(root.dtype), 1,
                                        pads, impl, post=(*root.bn('head_depthwise'), act))
     x = _pointwise_bn(root, 'head_project', x)
     x = jnp.mean(_pointwise_bn(root, 'pre_logits', x, act), axis=(1, 2))

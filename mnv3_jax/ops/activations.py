@@ -1,6 +1,6 @@
 """Elementwise activations of MobileNetV3 that have no jax.nn name: h-sigmoid, h-swish, identity.
 
-The native kernels apply some of them themselves (`depthwise.NATIVE_ACTIVATIONS`); the
+The native kernels apply some of them themselves (`fused.NATIVE_ACTIVATIONS`); the
 vocabulary of names that configs use is `mnv3_jax.model.activations`.
 """
 import jax

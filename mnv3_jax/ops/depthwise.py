@@ -13,16 +13,14 @@
 - 'auto': 'native' on CPU when the kernels build, else 'shifted'; 'conv' on other backends
   (decided at trace time from the default backend).
 
-`fused_depthwise_conv` is the inference form: the previous layer's BatchNorm and activation
-applied to the input, and this layer's applied to the output, optionally also returning the
-per-image channel sums of the output (the squeeze-and-excite pool). On the native path all of it
-happens inside the kernel (one pass over memory instead of four); otherwise as plain XLA ops.
+The inference form with BatchNorms, activations and the SE pool inside the kernel is
+`ops.fused.fused_depthwise_conv`.
 
 The kernel has Flax's grouped-conv layout (k, k, 1, C) in every implementation, so checkpoints
 do not depend on the choice.
 """
 import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +28,6 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from mnv3_jax.ops import activations
 from mnv3_jax.ops import native
 from mnv3_jax.parallel import sharding
 
@@ -38,10 +35,6 @@ IMPLS = ('auto', 'conv', 'shifted', 'native')
 NATIVE_DTYPES = (jnp.float32, jnp.bfloat16)
 
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
-# v -> activation(v * scale + shift) per channel: scale and shift (C,) float32.
-Affine = Tuple[jax.Array, jax.Array, Callable[[jax.Array], jax.Array]]
-# Activations the native kernel applies itself (codes of csrc/cpu_common.h); -1 = none.
-NATIVE_ACTIVATIONS = {activations.identity: 0, nn.relu: 1, activations.hard_swish: 2}
 
 
 def resolve_impl(impl: str) -> str:
@@ -63,7 +56,7 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def _out_size(size: int, pad: Tuple[int, int], k: int, stride: int) -> int:
+def out_size(size: int, pad: Tuple[int, int], k: int, stride: int) -> int:
   return (size + pad[0] + pad[1] - k) // stride + 1
 
 
@@ -84,8 +77,8 @@ def _taps(xp: jax.Array, kernel: jax.Array, stride: int, out_h: int, out_w: int)
 def _shifted_forward(x, kernel, stride, padding):
   k = kernel.shape[0]
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  return _taps(xp, kernel, stride, _out_size(x.shape[1], padding[0], k, stride),
-               _out_size(x.shape[2], padding[1], k, stride))
+  return _taps(xp, kernel, stride, out_size(x.shape[1], padding[0], k, stride),
+               out_size(x.shape[2], padding[1], k, stride))
 
 
 def _shifted_input_grad(dy, kernel, stride, padding, in_shape):
@@ -114,7 +107,7 @@ def _shifted_weight_grad(x, dy, k, stride, padding):
   return jnp.stack(sums).reshape(k, k, 1, -1)
 
 
-def _native_attrs(k, stride, padding):
+def native_attrs(k, stride, padding):
   return dict(k=np.int64(k), s=np.int64(stride), pt=np.int64(padding[0][0]),
               pl=np.int64(padding[1][0]))
 
@@ -125,10 +118,10 @@ def _native_forward(x, kernel, stride, padding):
   k = kernel.shape[0]
 
   def run(x, kernel):
-    out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
-           _out_size(x.shape[2], padding[1], k, stride), x.shape[3])
+    out = (x.shape[0], out_size(x.shape[1], padding[0], k, stride),
+           out_size(x.shape[2], padding[1], k, stride), x.shape[3])
     call = jax.ffi.ffi_call('Mnv3DepthwiseForward', jax.ShapeDtypeStruct(out, x.dtype))
-    return call(x, kernel, **_native_attrs(k, stride, padding))
+    return call(x, kernel, **native_attrs(k, stride, padding))
 
   return sharding.per_shard(run, (x,), (kernel.astype(jnp.float32),))
 
@@ -137,7 +130,7 @@ def _native_input_grad(dy, kernel, stride, padding, in_shape):
   def run(dy, kernel):
     shape = (dy.shape[0], *in_shape[1:])
     call = jax.ffi.ffi_call('Mnv3DepthwiseInputGrad', jax.ShapeDtypeStruct(shape, dy.dtype))
-    return call(dy, kernel, **_native_attrs(kernel.shape[0], stride, padding))
+    return call(dy, kernel, **native_attrs(kernel.shape[0], stride, padding))
 
   return sharding.per_shard(run, (dy,), (kernel.astype(jnp.float32),))
 
@@ -146,7 +139,7 @@ def _native_weight_grad(x, dy, k, stride, padding):
   def run(x, dy):
     per_image = jax.ShapeDtypeStruct((x.shape[0], k, k, 1, x.shape[3]), jnp.float32)
     return jax.ffi.ffi_call('Mnv3DepthwiseWeightGrad', per_image)(
-        x, dy, **_native_attrs(k, stride, padding))
+        x, dy, **native_attrs(k, stride, padding))
 
   # Per-image sums stay batch-sharded; XLA sums each device's, then all-reduces (k*k*C floats).
   return jnp.sum(sharding.per_shard(run, (x, dy)), axis=0)
@@ -178,7 +171,7 @@ def _depthwise_bwd(stride, padding, impl, residuals, dy):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def _check(x: jax.Array, kernel: jax.Array, stride: int, padding: Sequence) -> Padding:
+def check_args(x: jax.Array, kernel: jax.Array, stride: int, padding: Sequence) -> Padding:
   if x.ndim != 4:
     raise ValueError(f'Depthwise input must be NHWC (4-D); got shape {tuple(x.shape)}.')
   k = kernel.shape[0]
@@ -209,7 +202,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
   dtype with Ho = (H + top + bottom - k) // stride + 1 (likewise Wo).
   """
   impl = resolve_impl(impl)
-  padding = _check(x, kernel, stride, padding)
+  padding = check_args(x, kernel, stride, padding)
   stride = int(stride)
   if impl == 'conv':
     return lax.conv_general_dilated(
@@ -218,83 +211,6 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
   if impl == 'native' and not any(x.dtype == d for d in NATIVE_DTYPES):
     impl = 'shifted'
   return _depthwise(x, kernel, stride, padding, impl)
-
-
-def _apply(affine: Optional[Affine], x: jax.Array) -> jax.Array:
-  if affine is None:
-    return x
-  scale, shift, activation = affine   # the map in float32, as the native kernel does
-  return activation((x.astype(jnp.float32) * scale + shift).astype(x.dtype))
-
-
-def _fused_reference(x, kernel, pre, post, stride, padding, impl):
-  y = _apply(post, depthwise_conv(_apply(pre, x), kernel, stride, padding, impl))
-  return y, jnp.sum(y.astype(jnp.float32), axis=(1, 2))
-
-
-def _native_fused(x, kernel, pre, post, stride, padding):
-  channels = x.shape[-1]
-  ones, zeros = jnp.ones((channels,), jnp.float32), jnp.zeros((channels,), jnp.float32)
-  args, codes = [], []
-  for affine in (pre, post):
-    scale, shift, activation = affine or (ones, zeros, None)
-    args.append((scale.astype(jnp.float32), shift.astype(jnp.float32)))
-    codes.append(np.int64(-1 if affine is None else NATIVE_ACTIVATIONS[activation]))
-  k = kernel.shape[0]
-
-  def run(x, pre_scale, pre_shift, kernel, post_scale, post_shift):
-    out = (x.shape[0], _out_size(x.shape[1], padding[0], k, stride),
-           _out_size(x.shape[2], padding[1], k, stride), channels)
-    call = jax.ffi.ffi_call('Mnv3DepthwiseFusedForward', (
-        jax.ShapeDtypeStruct(out, x.dtype),
-        jax.ShapeDtypeStruct((x.shape[0], channels), jnp.float32)))
-    return call(x, pre_scale, pre_shift, kernel, post_scale, post_shift, pre_act=codes[0],
-                post_act=codes[1], **_native_attrs(k, stride, padding))
-
-  return sharding.per_shard(run, (x,), (*args[0], kernel.astype(jnp.float32), *args[1]))
-
-
-def fused_depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
-                         impl: str, pre: Optional[Affine] = None,
-                         post: Optional[Affine] = None, pool: bool = False):
-  """y = `_apply(post, depthwise_conv(_apply(pre, x)))`: (N, H, W, C) -> (N, Ho, Wo, C).
-
-  pre / post: (scale (C,), shift (C,), activation) or None; padding applies to pre(x) (zeros).
-  With `pool`, returns (y, sums): sums (N, C) float32 = y summed over Ho and Wo (computed from
-  y before its rounding to x's dtype on the native path). Gradients, when asked for, are those
-  of the unfused ops.
-  """
-  impl = resolve_impl(impl)
-  padding = _check(x, kernel, stride, padding)
-  stride = int(stride)
-  native = (impl == 'native' and any(x.dtype == d for d in NATIVE_DTYPES) and
-            all(a is None or a[2] in NATIVE_ACTIVATIONS for a in (pre, post)))
-  if not native:
-    y, sums = _fused_reference(x, kernel, pre, post, stride, padding, impl)
-    return (y, sums) if pool else y
-
-  @jax.custom_vjp
-  def fused(x, kernel, pre_arrays, post_arrays):
-    return _native_fused(x, kernel, _with(pre, pre_arrays), _with(post, post_arrays), stride,
-                         padding)
-
-  def unfused(x, kernel, pre_arrays, post_arrays):
-    return _fused_reference(x, kernel, _with(pre, pre_arrays), _with(post, post_arrays), stride,
-                            padding, impl)
-
-  def fwd(*args):
-    return fused(*args), args
-
-  def bwd(args, dy):
-    return jax.vjp(unfused, *args)[1](dy)
-
-  fused.defvjp(fwd, bwd)
-  y, sums = fused(x, kernel, pre and pre[:2], post and post[:2])
-  return (y, sums) if pool else y
-
-
-def _with(affine: Optional[Affine], arrays) -> Optional[Affine]:
-  return None if affine is None else (*arrays, affine[2])
 
 
 class DepthwiseConv(nn.Module):

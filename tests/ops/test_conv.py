@@ -1,11 +1,11 @@
-"""The stem's fused convolution (`mnv3_jax.conv`): the native kernel equals lax.conv followed by
+"""The stem's fused convolution (`mnv3_jax.ops.fused.fused_conv`): the native kernel equals lax.conv followed by
 BatchNorm and activation, values and gradients."""
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import linen as nn
 
-from mnv3_jax.ops import conv
+from mnv3_jax.ops import fused
 from mnv3_jax.ops import activations
 from tests.ops.test_depthwise import _assert_close, _pads
 
@@ -15,7 +15,7 @@ from tests.ops.test_depthwise import _assert_close, _pads
     (9, 12, 2, 'same', 16, activations.hard_swish), (8, 11, 2, 'symmetric', 20, nn.relu),
     (7, 7, 1, 'same', 8, activations.identity), (6, 9, 1, 'symmetric', 36, nn.swish)])
 def test_fused_dense_conv_matches_lax_conv(dtype, tol, h, w, stride, padding, features, act):
-  """conv.fused_conv (the stem: dense 3x3, BatchNorm and activation in the native kernel) equals
+  """fused.fused_conv (the stem: dense 3x3, BatchNorm and activation in the native kernel) equals
   lax.conv then the map in float32, values and gradients; widths that are not a multiple of 8,
   both paddings; swish (not in the kernel) falls back to XLA ops."""
   keys = jax.random.split(jax.random.key(h * w + features), 5)
@@ -27,10 +27,9 @@ def test_fused_dense_conv_matches_lax_conv(dtype, tol, h, w, stride, padding, fe
   @jax.jit
   def run(x, kernel):
     out = []
-    for impl in ('native', 'conv'):
-      a, b = (x, kernel) if impl == 'native' else (x.astype(jnp.float32),
-                                                   kernel.astype(jnp.float32))
-      y, vjp = jax.vjp(lambda u, v, impl=impl: conv.fused_conv(u, v, stride, pads, impl, post),
+    for native in (True, False):
+      a, b = (x, kernel) if native else (x.astype(jnp.float32), kernel.astype(jnp.float32))
+      y, vjp = jax.vjp(lambda u, v, n=native: fused.fused_conv(u, v, stride, pads, n, post),
                        a, b)
       out.append((y, *vjp(jnp.ones_like(y))))
     return out

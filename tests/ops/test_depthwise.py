@@ -13,12 +13,9 @@ import pytest
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mnv3_jax.ops import depthwise
-from mnv3_jax.model import activations, blocks
-from mnv3_jax import model
-from mnv3_jax import runtime
-from mnv3_jax.ops import native
-from mnv3_jax.ops import conv
+from mnv3_jax import model, runtime
+from mnv3_jax.model import blocks
+from mnv3_jax.ops import activations, depthwise, fused, native
 from mnv3_jax.parallel import sharding
 
 FAST = ('shifted', 'native')
@@ -82,8 +79,8 @@ def test_fused_inference_matches_unfused_ops(dtype, tol):
   kernel = jax.random.normal(keys[1], (k, k, 1, c)).astype(dtype)
   affine = lambda key: tuple(jax.random.normal(kk, (c,)) for kk in jax.random.split(key))
   pads = _pads(h, w, k, stride, 'same')
-  combos = [(None, activations.hard_swish), (nn.relu, activations.identity), (activations.hard_swish, nn.relu),
-            (nn.swish, activations.hard_swish)]
+  combos = [(None, activations.hard_swish), (nn.relu, activations.identity),
+            (activations.hard_swish, nn.relu), (nn.swish, activations.hard_swish)]
 
   @jax.jit
   def run(x, kernel):
@@ -92,13 +89,13 @@ def test_fused_inference_matches_unfused_ops(dtype, tol):
       pre = None if pre_act is None else (*affine(keys[2]), pre_act)
       post = (*affine(keys[3]), post_act)
       for impl in ('native', 'conv'):
-        f = lambda u, v, impl=impl, pre=pre, post=post: depthwise.fused_depthwise_conv(
+        f = lambda u, v, impl=impl, pre=pre, post=post: fused.fused_depthwise_conv(
             u, v, stride, pads, impl, pre, post)
         a, b = (x, kernel) if impl == 'native' else (x.astype(jnp.float32),
                                                      kernel.astype(jnp.float32))
         y, vjp = jax.vjp(f, a, b)
         # pool=True: the same y and its per-image channel sums (the squeeze-and-excite pool).
-        y_pooled, sums = depthwise.fused_depthwise_conv(a, b, stride, pads, impl, pre, post,
+        y_pooled, sums = fused.fused_depthwise_conv(a, b, stride, pads, impl, pre, post,
                                                         pool=True)
         out.append((y, *vjp(jnp.ones_like(y)), y_pooled, sums))
     return out
@@ -185,14 +182,13 @@ def test_native_kernels_run_per_device_on_a_sharded_batch():
     return jnp.sum(jnp.sin(depthwise.depthwise_conv(x, kernel, 2, pads, 'native')))
 
   def fused_loss(x, kernel, a, b, s, t):
-    y, sums = depthwise.fused_depthwise_conv(
+    y, sums = fused.fused_depthwise_conv(
         x, kernel, 2, pads, 'native', pre=(a, b, nn.relu), post=(s, t, hard_swish),
         pool=True)
     return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(sums))
 
   def stem_loss(x, kernel, s, t):
-    return jnp.sum(jnp.sin(conv.fused_conv(x, kernel, 2, pads, 'native',
-                                           (s, t, hard_swish))))
+    return jnp.sum(jnp.sin(fused.fused_conv(x, kernel, 2, pads, True, (s, t, hard_swish))))
 
   cases = {
       'depthwise': (depthwise_loss, jax.random.normal(keys[0], (8, 9, 9, c)), (kernel,)),

@@ -11,7 +11,7 @@ import pytest
 
 from mnv3_jax.parallel import distributed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLURM_STEP = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_NTASKS': '2',
               'SLURM_PROCID': '0', 'SLURM_LOCALID': '0'}
 

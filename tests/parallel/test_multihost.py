@@ -27,7 +27,7 @@ from mnv3_jax.train import trainer
 from mnv3_jax.model import MobileNetV3
 from tests.train.test_trainer import steps_per_epoch, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 3
 EVAL_SPLIT = 'test[:37]'   # 37 examples: shards of 19 and 18, both padded to 3 batches of 8
 

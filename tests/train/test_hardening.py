@@ -33,7 +33,7 @@ from mnv3_jax.model import MobileNetV3
 from tests.parallel.test_multihost import main_flags
 from tests.train.test_trainer import _restore_params, restore_state, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 8
 # This process's XLA flags and compilation cache: the subprocesses reuse its compiled programs.
 # Min compile time 0: orbax's first save compiles ~100 tiny slicing programs (~20 s on a busy
