@@ -1,4 +1,4 @@
-"""Reference PyTorch MobileNetV3s (torchvision, timm; built by mnv3_jax.torch_models) with random
+"""Reference PyTorch MobileNetV3s (torchvision, timm; built by tests.interop.torch_models) with random
 weights and BN statistics, and their float64 logits.
 """
 import copy

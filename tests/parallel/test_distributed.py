@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 def test_two_processes_join_one_cluster_from_slurm_variables(tmp_path):
   """srun's environment alone is enough: both processes see 2 x 2 devices and sum across them."""
-  script = ('from mnv3_jax import distributed\n'
+  script = ('from mnv3_jax.parallel import distributed\n'
             'cluster = distributed.initialize()\n'
             'import jax, jax.numpy as jnp, numpy as np\n'
             'from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n'

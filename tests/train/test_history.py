@@ -1,4 +1,4 @@
-"""mnv3_jax.history reads back what the trainer's clu writer wrote, including a resumed run."""
+"""mnv3_jax.train.history reads back what the trainer's clu writer wrote, including a resumed run."""
 import os
 import time
 

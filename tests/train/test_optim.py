@@ -1,4 +1,4 @@
-"""Tests of mnv3_jax.optim against independent NumPy / closed-form / TensorFlow references."""
+"""Tests of mnv3_jax.train.optim against independent NumPy / closed-form / TensorFlow references."""
 import math
 
 import jax
