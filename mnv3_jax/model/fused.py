@@ -23,15 +23,16 @@ import jax.numpy as jnp
 from mnv3_jax.model import activations, blocks, options
 from mnv3_jax.model.mobilenet_v3 import BlockSpec, MobileNetV3
 from mnv3_jax.model.tables import HS
-from mnv3_jax.ops import batchnorm, depthwise, native, pointwise
+from mnv3_jax.ops import batchnorm, depthwise, pointwise
 from mnv3_jax.ops import fused as fused_ops
+from mnv3_jax.ops.native import native_depthwise
 
 Tree = Mapping[str, Any]
 
 
 def native_available() -> bool:
   """True where the native CPU kernels run: the CPU backend, with the kernels built."""
-  return jax.default_backend() == 'cpu' and native.native_depthwise()
+  return jax.default_backend() == 'cpu' and native_depthwise()
 
 
 class _Layers:
@@ -108,10 +109,9 @@ def fused_apply(model: MobileNetV3, variables: Tree, images: jax.Array,
   root = _Layers(variables['params'], variables['batch_stats'], model.bn_epsilon, dtype)
   hs = activations.get_activation(model.activation_name(HS))
   x = model.prepare_input(images)
-  stem = root.sub('stem')
   pads = blocks.spatial_padding(x.shape, 3, 2, model.padding)
-  x = fused_ops.fused_conv(x, stem.p['conv']['kernel'].astype(dtype), 2, pads, native,
-                          post=(*root.bn('stem'), hs))
+  x = fused_ops.fused_conv(x, root.kernel('stem').astype(dtype), 2, pads, native,
+                           post=(*root.bn('stem'), hs))
   gate_fn = activations.get_gate(model.se_gate)
   for i, spec in enumerate(model.block_specs()):
     x = _bneck(root.sub(f'block_{i}'), spec, x, gate_fn, model.padding, impl)
