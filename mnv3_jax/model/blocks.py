@@ -57,7 +57,9 @@ _BN_MOMENTUM, _BN_EPSILON = defaults.MODEL['bn_momentum'], defaults.MODEL['bn_ep
 
 
 class ConvBN(nn.Module):
-  """Convolution (no bias) -> BatchNorm -> activation: (N, H, W, C) -> (N, H/stride, W/stride, features).
+  """Convolution (no bias) -> BatchNorm -> activation.
+
+  (N, H, W, C) -> (N, H/stride, W/stride, features).
 
   kernel_size 1 (stride 1) is a matmul over channels; `depthwise=True` makes a depthwise kxk conv
   (features = C); otherwise a dense kxk conv (the stem). Activation None means linear (the bneck's
@@ -93,7 +95,8 @@ class ConvBN(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-  """Squeeze-and-excite: global pool -> 1x1 (bias) to `squeeze` -> ReLU -> 1x1 (bias) -> gate -> scale.
+  """Squeeze-and-excite: global pool -> 1x1 (bias) to `squeeze` -> ReLU -> 1x1 (bias) -> gate ->
+  scale.
 
   (N, H, W, C) -> (N, H, W, C). The squeeze width is make_divisible(C / 4) in MobileNetV3.
   """
@@ -110,7 +113,8 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-  """The bneck: [1x1 expand -> BN -> act] -> kxk depthwise -> BN -> act -> [SE] -> 1x1 project -> BN.
+  """The bneck: [1x1 expand -> BN -> act] -> kxk depthwise -> BN -> act -> [SE] -> 1x1 project
+  -> BN.
 
   The expansion conv is skipped when `expand` is False (the first bneck of both networks in the
   official code); the residual is added when stride is 1 and input and output widths agree.

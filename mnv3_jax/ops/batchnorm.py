@@ -61,7 +61,7 @@ batch_norm_train.defvjp(_forward, _backward)
 
 def fold(scale: jax.Array, bias: jax.Array, mean: jax.Array, var: jax.Array,
          epsilon: float) -> Tuple[jax.Array, jax.Array]:
-  """Inference BatchNorm as a per-channel map: BatchNorm(x) = x * a + b; returns (a, b), float32 (C,)."""
+  """Inference BatchNorm as a per-channel map BatchNorm(x) = x * a + b: (a, b), float32 (C,)."""
   a = lax.rsqrt(var + epsilon) * scale
   return a, bias - mean * a
 
