@@ -7,17 +7,22 @@ from flax import linen as nn
 
 from mnv3_jax.ops import fused
 from mnv3_jax.ops import activations
-from tests.ops.test_depthwise import _assert_close, _pads
+from tests.ops.test_depthwise import F32_TOL, U, _assert_close, _assert_rounded_once, _pads
 
 
-@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('h,w,stride,padding,features,act', [
     (9, 12, 2, 'same', 16, activations.hard_swish), (8, 11, 2, 'symmetric', 20, nn.relu),
     (7, 7, 1, 'same', 8, activations.identity), (6, 9, 1, 'symmetric', 36, nn.swish)])
-def test_fused_dense_conv_matches_lax_conv(dtype, tol, h, w, stride, padding, features, act):
+def test_fused_dense_conv_matches_lax_conv(dtype, h, w, stride, padding, features, act):
   """fused.fused_conv (the stem: dense 3x3, BatchNorm and activation in the native kernel) equals
   lax.conv then the map in float32, values and gradients; widths that are not a multiple of 8,
-  both paddings; swish (not in the kernel) falls back to XLA ops."""
+  both paddings; swish (not in the kernel) falls back to XLA ops.
+
+  bfloat16: the kernel sums the k*k*Cin = 27 products in float32 and rounds once, so each
+  output is within one bf16 rounding (U |want|) of float32's (measured at most 1.0 U); the swish
+  fallback rounds after the convolution, the map and inside swish: 2 U of max (measured 0.76 U).
+  """
   keys = jax.random.split(jax.random.key(h * w + features), 5)
   x = jax.random.normal(keys[0], (2, h, w, 3)).astype(dtype)
   kernel = jax.random.normal(keys[1], (3, 3, 3, features)).astype(dtype)
@@ -37,5 +42,10 @@ def test_fused_dense_conv_matches_lax_conv(dtype, tol, h, w, stride, padding, fe
   got, want = run(x, kernel)
   assert got[0].dtype == dtype
   assert got[0].shape == want[0].shape
-  for g, r in zip(got if dtype == jnp.float32 else got[:1], want):
-    _assert_close(g, r, tol)
+  if dtype == jnp.float32:
+    for g, r in zip(got, want):
+      _assert_close(g, r, F32_TOL)
+  elif act in fused.NATIVE_ACTIVATIONS:
+    _assert_rounded_once(got[0], want[0])
+  else:
+    _assert_close(got[0], want[0], 2 * U)
