@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mnv3_jax.parallel import distributed
-from mnv3_jax.train import trainer
+from mnv3_jax.train import console, trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and config go.')
@@ -31,6 +31,8 @@ flags.DEFINE_integer('num_processes', None,
                      f'Processes in a multi-process run (or ${distributed.ENV_NUM_PROCESSES}).')
 flags.DEFINE_integer('process_id', None,
                      f'This process, 0..num_processes-1 (or ${distributed.ENV_PROCESS_ID}).')
+flags.DEFINE_bool('library_logs', False, 'Also print the INFO logging of orbax, TFDS and absl '
+                  '(hidden by default; warnings and errors always show).')
 flags.DEFINE_integer('heartbeat_timeout_s', None,
                      'Seconds of silence after which a process counts as dead and the others stop '
                      f'(or ${distributed.ENV_HEARTBEAT}; default '
@@ -40,6 +42,8 @@ flags.DEFINE_integer('heartbeat_timeout_s', None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.library_logs:
+    console.quiet_libraries()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.heartbeat_timeout_s)   # before anything touches a device
   logging.info('JAX process %d of %d; %d local / %d global devices: %s', jax.process_index(),

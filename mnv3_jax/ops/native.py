@@ -3,7 +3,7 @@
 `native_depthwise()` compiles `csrc/depthwise_cpu.cc` and `csrc/conv_cpu.cc` (the stem) against
 the installed jaxlib's XLA FFI headers with the system C++ compiler (once per source, jaxlib
 version and CPU; cached under `$MNV3_CACHE_DIR` or `~/.cache/mnv3_jax`) and registers their
-custom calls. It returns False (and `ops.depthwise` and `ops.conv` fall back to pure XLA) when
+custom calls. It returns False (and `ops.depthwise` and `ops.fused` fall back to pure XLA) when
 there is no compiler or the build fails.
 """
 import ctypes

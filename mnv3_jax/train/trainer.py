@@ -50,18 +50,30 @@ def abstract_train_state(init_fn, mesh) -> steps.TrainState:
       abstract)
 
 
-def evaluate(eval_fn, params, batch_stats, data_config, config, mesh) -> dict:
-  """One pass over the eval split: {'loss', 'top1', 'top5', 'count'} over real examples only."""
+def evaluate_weights(eval_fn, weights: dict, data_config, config, mesh) -> dict:
+  """One pass over the eval split, each batch decoded once and run through every set of weights.
+
+  weights: {name: (params, batch_stats)}. Returns {name: {'loss', 'top1', 'top5', 'count'}} over
+  real examples only.
+  """
   batches = input_pipeline.eval_iterator(
       data_config, global_batch_size=config.batch_size, process_index=jax.process_index(),
       process_count=jax.process_count())
-  total = None
+  totals = {}
   for batch in sharding.prefetch_to_mesh(batches, mesh):
-    metrics = eval_fn(params, batch_stats, batch)
-    total = metrics if total is None else total.merge(metrics)
-  out = {k: float(v) for k, v in total.compute().items()}
-  out['count'] = int(total.top1.count)
+    for name, (params, batch_stats) in weights.items():
+      metrics = eval_fn(params, batch_stats, batch)
+      totals[name] = metrics if name not in totals else totals[name].merge(metrics)
+  out = {}
+  for name, total in totals.items():
+    out[name] = {k: float(v) for k, v in total.compute().items()}
+    out[name]['count'] = int(total.top1.count)
   return out
+
+
+def evaluate(eval_fn, params, batch_stats, data_config, config, mesh) -> dict:
+  """`evaluate_weights` of one set of weights: {'loss', 'top1', 'top5', 'count'}."""
+  return evaluate_weights(eval_fn, {'': (params, batch_stats)}, data_config, config, mesh)['']
 
 
 def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
@@ -180,7 +192,7 @@ def _train_and_evaluate(config, workdir, mesh, info, sigterm) -> Optional[dict]:
                                          sharding.replicated(mesh))
       logging.info('Initialised params and BN statistics from %s.', config.init_from)
     writer.write_hparams(_flat_hparams(config))
-    parameter_overview.log_parameter_overview(state.params)
+    _write_parameter_table(workdir, state.params)
   logging.info('Training %d steps (%d per epoch) from step %d; global batch %d on %d devices.',
                total_steps, steps_per_epoch, start_step, config.batch_size, mesh.devices.size)
 
@@ -258,12 +270,23 @@ def _with_workdir_config(error, workdir: str, config) -> Exception:
 
 def _evaluate_both(eval_fn, state, config, mesh) -> dict:
   """Evaluates the raw and the EMA weights: {'top1', ..., 'ema_top1', ...}."""
-  raw = evaluate(eval_fn, state.params, state.batch_stats, config.data, config, mesh)
-  ema = evaluate(eval_fn, state.ema_params, state.ema_batch_stats, config.data, config, mesh)
+  both = evaluate_weights(eval_fn, {'raw': (state.params, state.batch_stats),
+                                    'ema': (state.ema_params, state.ema_batch_stats)},
+                         config.data, config, mesh)
+  raw, ema = both['raw'], both['ema']
   logging.info('Eval at step %d: top1 %.4f, EMA top1 %.4f over %d examples.',
                int(state.step), raw['top1'], ema['top1'], raw['count'])
   return {**{f'eval_{k}': v for k, v in raw.items()},
           **{f'ema_{k}': v for k, v in ema.items()}}
+
+
+def _write_parameter_table(workdir: str, params) -> None:
+  """The per-array parameter table goes to workdir/parameters.txt; the log gets one line."""
+  path = epath.Path(workdir) / 'parameters.txt'
+  if jax.process_index() == 0:
+    path.write_text(parameter_overview.get_parameter_overview(params) + '\n')
+  logging.info('%s trainable parameters; per-array table in %s.',
+               f'{parameter_overview.count_parameters(params):,}', path)
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
