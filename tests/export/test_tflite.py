@@ -138,8 +138,8 @@ def test_int8_model_is_quantized_and_agrees_with_float(exported, held_out, held_
   # Measured (2026-12-01, 40-100 training steps; 60 here): float top-1 0.87-0.93 (0.923 at 60),
   # its most frequent class 35/300, int8 agreeing with float on 98.7-99.7% (int8 top-1 within 0.01
   # of float). Calibrating on images x 0.01 (clipped int8 ranges) gives 10% agreement. An untrained
-  # (random-weight) export agrees on only 38% and predicts one class for 53% of the images; an int8
-  # model with broken scales agrees on ~10% (chance). The bounds leave 3-10x the measured slack.
+  # (random-weight) export agrees on only 38% and predicts one class for 53% of the images.
+  # The bounds leave 3-10x the measured slack.
   labels = held_out[1]
   float32, int8 = held_out_predictions['float32'], held_out_predictions['int8']
   assert np.bincount(float32, minlength=10).max() <= 0.3 * len(labels)   # not a constant model
@@ -155,7 +155,7 @@ def test_benchmark_reports_both_models(exported, held_out, held_out_predictions)
   for precision, r in results.items():
     path = os.path.join(exported[0], exported[1]['files'][precision])
     assert r['bytes'] == os.path.getsize(path)
-    # top-1 over the whole eval split (its own batching of 50 with padding vs this file's 100):
+    # top-1 over the whole eval split (its own batches of 50, this file's of 100):
     # equal to the top-1 of this test's predictions of the same file, and for float32 to Flax's
     # top-1 (the float export agrees with Flax on every test digit, measured).
     assert r['count'] == len(labels) == 300
