@@ -1,4 +1,9 @@
 """The train step, evaluation and the loop, on real data, devices and checkpoints."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +125,24 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
   a = _restore_params(straight, tmp_path / 'straight')
   b = _restore_params(straight, tmp_path / 'resumed')
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_resume_is_bit_identical_at_the_default_xla_optimization_level(data_dir, tmp_path):
+  """The test above in a process without conftest.py's `xla_backend_optimization_level=0`: the
+  suite compiles unoptimised code, training runs optimised code (other fusions, vectorised
+  loops), and resumption must be bit-identical there too."""
+  flags = ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                   if 'xla_backend_optimization_level' not in f)
+  script = ('import os, sys; from pathlib import Path; '
+            "assert 'optimization_level' not in os.environ['XLA_FLAGS']; "
+            'from tests.train.test_trainer import test_resume_is_bit_identical as t; '
+            't(Path(sys.argv[1]), Path(sys.argv[2])); print("bit-identical")')
+  root = Path(__file__).resolve().parents[2]
+  out = subprocess.run([sys.executable, '-c', script, str(data_dir), str(tmp_path)],
+                       env=dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=str(root),
+                                TF_CPP_MIN_LOG_LEVEL='2'),
+                       cwd=root, capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0 and 'bit-identical' in out.stdout, out.stderr[-5000:]
 
 
 def restore_state(config, workdir):
