@@ -29,7 +29,7 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=os.environ.get('MNV3_TEST_XLA_CACHE'
 
 import jax  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 
-NUM_TRAIN, NUM_EVAL = 37, 11
+from tests.support import NUM_EVAL, NUM_TRAIN  # pylint: disable=wrong-import-position
 _SIZES = ((40, 56), (64, 48), (33, 90))  # (height, width) of the stand-in's JPEGs.
 
 

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from mnv3_jax.data import input_pipeline
 
-from tests.conftest import NUM_EVAL, NUM_TRAIN
+from tests.support import NUM_EVAL, NUM_TRAIN
 
 
 def _config(data_dir, **overrides):

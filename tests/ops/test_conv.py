@@ -7,7 +7,7 @@ from flax import linen as nn
 
 from mnv3_jax.ops import fused
 from mnv3_jax.ops import activations
-from tests.ops.test_depthwise import F32_TOL, U, _assert_close, _assert_rounded_once, _pads
+from tests.support import F32_TOL, U, assert_close, assert_rounded_once, spatial_pads
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -27,7 +27,7 @@ def test_fused_dense_conv_matches_lax_conv(dtype, h, w, stride, padding, feature
   x = jax.random.normal(keys[0], (2, h, w, 3)).astype(dtype)
   kernel = jax.random.normal(keys[1], (3, 3, 3, features)).astype(dtype)
   post = (jax.random.normal(keys[2], (features,)), jax.random.normal(keys[3], (features,)), act)
-  pads = _pads(h, w, 3, stride, padding)
+  pads = spatial_pads(h, w, 3, stride, padding)
 
   @jax.jit
   def run(x, kernel):
@@ -44,8 +44,8 @@ def test_fused_dense_conv_matches_lax_conv(dtype, h, w, stride, padding, feature
   assert got[0].shape == want[0].shape
   if dtype == jnp.float32:
     for g, r in zip(got, want):
-      _assert_close(g, r, F32_TOL)
+      assert_close(g, r, F32_TOL)
   elif act in fused.NATIVE_ACTIVATIONS:
-    _assert_rounded_once(got[0], want[0])
+    assert_rounded_once(got[0], want[0])
   else:
-    _assert_close(got[0], want[0], 2 * U)
+    assert_close(got[0], want[0], 2 * U)

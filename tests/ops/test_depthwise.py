@@ -14,9 +14,10 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mnv3_jax import model, runtime
-from mnv3_jax.model import blocks
 from mnv3_jax.ops import activations, depthwise, fused, native
 from mnv3_jax.parallel import sharding
+from tests.support import (F32_TOL, U, assert_close, assert_rounded_once,
+                           assert_within_sum_bound, spatial_pads)
 
 FAST = ('shifted', 'native')
 # (H, W, k, stride, padding): odd and even sizes, TF "SAME" (asymmetric at stride 2 on even
@@ -28,49 +29,6 @@ CASES = [
 ]
 
 
-def _pads(h, w, k, stride, kind):
-  return blocks.spatial_padding((1, h, w, 1), k, stride, kind)
-
-
-def _assert_close(got, want, tol):
-  got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-  scale = max(float(np.abs(want).max()), 1e-6)
-  np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=tol)
-
-
-# bfloat16 bounds. The references run in float32 on the same (bf16-representable) inputs, so a
-# bf16 result differs from them only by bf16 rounding. F32_TOL is what two float32 summation
-# orders differ by (the float32 cases' bound, of max|want|); U is bf16's unit roundoff (8-bit
-# significand: a rounding moves a value by at most U of itself).
-F32_TOL = 2e-6
-U = 2.0 ** -8
-
-
-def _assert_rounded_once(got, want):
-  """got = bf16(a float32 result equal to want): |got - want| <= U |want| elementwise (+ the
-  float32 slack). The native kernels accumulate in float32 and round once on the way out; a
-  bf16 accumulator, a rounded intermediate or truncation instead of rounding exceeds it."""
-  got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-  err = np.abs(got - want)
-  bound = U * np.abs(want) + F32_TOL * max(float(np.abs(want).max()), 1e-6)
-  worst = int(np.argmax(err - bound))
-  assert err.flat[worst] <= bound.flat[worst], (
-      f'error {err.flat[worst]:.3g} at want={want.flat[worst]:.4g} exceeds one bf16 rounding '
-      f'{bound.flat[worst]:.3g}; max error/|want| = {float(np.max(err / (np.abs(want) + 1e-30))):.3g}')
-
-
-def _assert_within_sum_bound(got, want, abs_sum, n):
-  """got = a sum of n products done in bf16 arithmetic (each product and partial sum rounded):
-  |got - want| <= gamma_n * sum|products|, gamma_n = n U / (1 - n U) (Higham, Accuracy and
-  Stability of Numerical Algorithms, 2002, eq. 3.5), with abs_sum = sum|products| in float32."""
-  got, want, abs_sum = (np.asarray(a, np.float32) for a in (got, want, abs_sum))
-  err = np.abs(got - want)
-  bound = n * U / (1 - n * U) * abs_sum + F32_TOL * max(float(np.abs(want).max()), 1e-6)
-  worst = int(np.argmax(err - bound))
-  assert err.flat[worst] <= bound.flat[worst], (
-      f'error {err.flat[worst]:.3g} exceeds the bf16 sum bound {bound.flat[worst]:.3g} (n={n})')
-
-
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('h,w,k,stride,padding', CASES)
 def test_matches_conv(dtype, h, w, k, stride, padding):
@@ -79,7 +37,7 @@ def test_matches_conv(dtype, h, w, k, stride, padding):
   bf16 rounding, shifted y and dx (bf16 arithmetic over the k*k taps) to gamma_{k*k} of the
   sum of |products| (measured: native at most 1.0 U |want|, shifted at most 0.33 of its
   bound)."""
-  pads = _pads(h, w, k, stride, padding)
+  pads = spatial_pads(h, w, k, stride, padding)
   kx, kk, kd = jax.random.split(jax.random.key(h * 100 + w * 10 + k + stride), 3)
   x = jax.random.normal(kx, (3, h, w, 20)).astype(dtype)   # 20 channels: a partial vector too
   kernel = jax.random.normal(kk, (k, k, 1, 20)).astype(dtype)
@@ -106,11 +64,11 @@ def test_matches_conv(dtype, h, w, k, stride, padding):
     assert results[impl][0].shape == out_shape
     for i, (got, want) in enumerate(zip(results[impl], results['conv'])):
       if dtype == jnp.float32:
-        _assert_close(got, want, F32_TOL)
+        assert_close(got, want, F32_TOL)
       elif impl == 'shifted' and i < 2:   # y, dx
-        _assert_within_sum_bound(got, want, results['abs'][i], k * k)
+        assert_within_sum_bound(got, want, results['abs'][i], k * k)
       else:
-        _assert_rounded_once(got, want)
+        assert_rounded_once(got, want)
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -120,7 +78,7 @@ def test_fused_inference_matches_unfused_ops(dtype):
   gradients (in bfloat16 a ReLU's derivative flips where rounding moves x*a+b across 0).
   Activations the kernel lacks (swish) fall back to XLA ops.
 
-  bfloat16: the kernel works in float32 and rounds y once (`_assert_rounded_once`); its pool
+  bfloat16: the kernel works in float32 and rounds y once (`assert_rounded_once`); its pool
   sums come from y before that rounding, so they match to float32 accuracy. The swish fallback
   rounds after the input map, inside swish, after the convolution, the output map and
   hard-swish: y to 2 U of max (measured 1.11 U), its pool sums within a rounding of each term of that y's.
@@ -130,7 +88,7 @@ def test_fused_inference_matches_unfused_ops(dtype):
   x = jax.random.normal(keys[0], (2, h, w, c)).astype(dtype)
   kernel = jax.random.normal(keys[1], (k, k, 1, c)).astype(dtype)
   affine = lambda key: tuple(jax.random.normal(kk, (c,)) for kk in jax.random.split(key))
-  pads = _pads(h, w, k, stride, 'same')
+  pads = spatial_pads(h, w, k, stride, 'same')
   combos = [(None, activations.hard_swish), (nn.relu, activations.identity),
             (activations.hard_swish, nn.relu), (nn.swish, activations.hard_swish)]
 
@@ -158,19 +116,19 @@ def test_fused_inference_matches_unfused_ops(dtype):
     assert got[4].shape == (2, c) and got[4].dtype == jnp.float32
     sums = jnp.sum(want[0], axis=(1, 2))
     if dtype == jnp.float32:
-      _assert_close(got[3], want[0], F32_TOL)
-      _assert_close(got[4], sums, F32_TOL)
+      assert_close(got[3], want[0], F32_TOL)
+      assert_close(got[4], sums, F32_TOL)
       for g, r in zip(got[:3], want):
-        _assert_close(g, r, F32_TOL)
+        assert_close(g, r, F32_TOL)
     elif post_act in fused.NATIVE_ACTIVATIONS and pre_act in (None, *fused.NATIVE_ACTIVATIONS):
       for g in (got[0], got[3]):
-        _assert_rounded_once(g, want[0])
-      _assert_close(got[4], sums, F32_TOL)
+        assert_rounded_once(g, want[0])
+      assert_close(got[4], sums, F32_TOL)
     else:   # XLA fallback: bf16 arithmetic
       for g in (got[0], got[3]):
-        _assert_close(g, want[0], 2 * U)
+        assert_close(g, want[0], 2 * U)
       y = got[3].astype(jnp.float32)   # sums of y before or after its last rounding
-      _assert_within_sum_bound(got[4], jnp.sum(y, axis=(1, 2)), jnp.sum(jnp.abs(y), axis=(1, 2)), 1)
+      assert_within_sum_bound(got[4], jnp.sum(y, axis=(1, 2)), jnp.sum(jnp.abs(y), axis=(1, 2)), 1)
 
 
 def test_auto_picks_a_fast_cpu_impl_and_native_builds_here():
@@ -208,7 +166,7 @@ def test_bad_input_raises_value_error(bad, match):
 def test_batch_sharded_over_devices_matches_single_device(impl):
   """Under jit with the batch split over the 8 CPU devices, results equal the unsharded ones."""
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
-  pads = _pads(9, 9, 3, 2, 'same')
+  pads = spatial_pads(9, 9, 3, 2, 'same')
   x = jax.random.normal(jax.random.key(0), (8, 9, 9, 16))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 16))
   loss = lambda a, b: jnp.sum(jnp.sin(depthwise.depthwise_conv(a, b, 2, pads, impl)))
@@ -217,11 +175,11 @@ def test_batch_sharded_over_devices_matches_single_device(impl):
   xs = jax.device_put(x, NamedSharding(mesh, P('data')))
   got = jax.jit(grad)(xs, jax.device_put(kernel, NamedSharding(mesh, P())))
   for g, w in zip(got, want):
-    _assert_close(g, w, 2e-6)
+    assert_close(g, w, 2e-6)
   with sharding.in_mesh(mesh):   # the native kernels now run per device (sharding.per_shard)
     got = jax.jit(grad)(xs, jax.device_put(kernel, NamedSharding(mesh, P())))
   for g, w in zip(got, want):
-    _assert_close(g, w, 2e-6)
+    assert_close(g, w, 2e-6)
 
 
 def _all_gathers(hlo: str) -> int:
@@ -235,7 +193,7 @@ def test_native_kernels_run_per_device_on_a_sharded_batch():
   compiled program all-gathers nothing, while without the mesh XLA all-gathers the batch."""
   from mnv3_jax.ops.activations import hard_swish  # pylint: disable=import-outside-toplevel
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
-  pads = _pads(9, 9, 3, 2, 'same')
+  pads = spatial_pads(9, 9, 3, 2, 'same')
   keys = jax.random.split(jax.random.key(0), 8)
   c = 16
   kernel = jax.random.normal(keys[1], (3, 3, 1, c))
@@ -270,7 +228,7 @@ def test_native_kernels_run_per_device_on_a_sharded_batch():
       hlo = f.lower(*args).compile().as_text()
     # 2e-5: float32 sums in another order (one device's results at batch 2 and 16 differ so).
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-      _assert_close(g, w, 2e-5)
+      assert_close(g, w, 2e-5)
     calls = re.findall(r'= \(?\w+\[(\d+),[^=]*custom_call_target="Mnv3', hlo)
     assert calls and all(int(n) == x.shape[0] // 8 for n in calls), (name, calls)
     assert _all_gathers(hlo) == 0, (name, [l for l in hlo.splitlines() if 'all-gather' in l])
@@ -300,9 +258,9 @@ def test_module_param_layout_and_model_equal_across_impls():
 
   results = {impl: jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(
       variables['params'], impl) for impl in ('conv', 'native')}
-  _assert_close(results['native'][1], results['conv'][1], 1e-5)
+  assert_close(results['native'][1], results['conv'][1], 1e-5)
   for g, w in zip(jax.tree.leaves(results['native'][0]), jax.tree.leaves(results['conv'][0])):
-    _assert_close(g, w, 3e-5)
+    assert_close(g, w, 3e-5)
 
 
 def test_native_library_is_cached(tmp_path):

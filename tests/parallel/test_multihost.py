@@ -18,14 +18,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo
 from mnv3_jax.train import checkpointing
 from mnv3_jax.data import input_pipeline
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 from mnv3_jax.model import MobileNetV3
-from tests.train.test_trainer import steps_per_epoch, tiny_config
+from tests.support import main_flags, steps_per_epoch, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 3
@@ -42,20 +41,6 @@ def data_dir(tmp_path_factory):
 
 def pod_config(data_dir, **overrides):
   return tiny_config(data_dir, **{'data.eval_split': EVAL_SPLIT, **overrides})
-
-
-def main_flags(config) -> list:
-  """`--config.<key>=<value>` for every field in which `config` differs from configs/demo.py."""
-  def flat(c, prefix=''):
-    out = {}
-    for key, value in c.items():
-      out.update(flat(value, f'{prefix}{key}.') if hasattr(value, 'items')
-                 else {prefix + key: value})
-    return out
-
-  base, ours = flat(demo.demo_config()), flat(config)
-  return ['--config=configs/demo.py'] + [f'--config.{k}={v}' for k, v in sorted(ours.items())
-                                         if v != base[k]]
 
 
 def pod_env() -> dict:

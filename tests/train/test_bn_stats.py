@@ -9,7 +9,7 @@ from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 from mnv3_jax.train import preflight
 from mnv3_jax.model import MobileNetV3
-from tests.train.test_trainer import random_batch, tiny_config
+from tests.support import random_batch, tiny_config
 
 STEPS_PER_EPOCH = 10   # any: only the learning-rate schedule depends on it
 FAST_COMPILE = {'xla_backend_optimization_level': 0}   # ~2x faster to compile; one step to run

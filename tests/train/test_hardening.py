@@ -30,8 +30,7 @@ from mnv3_jax.data import input_pipeline
 from mnv3_jax.interop import pretrained
 from mnv3_jax.train import trainer
 from mnv3_jax.model import MobileNetV3
-from tests.parallel.test_multihost import main_flags
-from tests.train.test_trainer import _restore_params, restore_state, tiny_config
+from tests.support import main_flags, restore_params, restore_state, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 8
@@ -71,7 +70,7 @@ def reference(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
   config = run_config(data_dir)
   trainer.train_and_evaluate(config, str(workdir))
-  return workdir, _restore_params(config, workdir)
+  return workdir, restore_params(config, workdir)
 
 
 def _assert_same_state(a, b):
@@ -192,7 +191,7 @@ def test_sigkill_then_sigterm_then_rerun_equals_uninterrupted(data_dir, referenc
     status, log = run.wait(timeout=600)
     assert status == 0, log[-3000:]
     assert f'from step {stopped};' in log
-  _assert_same_state(_restore_params(config, workdir), reference[1])
+  _assert_same_state(restore_params(config, workdir), reference[1])
 
 
 def test_sigterm_during_the_first_compile_exits_at_once(data_dir, tmp_path, main_processes):
@@ -233,7 +232,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(data_dir, refer
   assert f'Resuming from checkpoint {previous} at step {NUM_STEPS - 2}' in caplog.text
   assert _files(previous) == previous_files
   assert (workdir / 'broken' / str(NUM_STEPS)).is_dir()   # set aside, not deleted
-  _assert_same_state(_restore_params(run_config(data_dir), workdir), reference[1])
+  _assert_same_state(restore_params(run_config(data_dir), workdir), reference[1])
 
 
 def test_non_finite_loss_stops_with_the_step_and_metric(data_dir, tmp_path):

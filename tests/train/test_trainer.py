@@ -10,53 +10,17 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from configs import demo
-from mnv3_jax.train import checkpointing
 from mnv3_jax.data import input_pipeline
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 from mnv3_jax.model import MobileNetV3
-
-
-def tiny_config(data_dir, **overrides):
-  """The demo config shrunk for tests: Small 0.35 at 32x32, batch 16.
-
-  Tests share one config so that the persistent compilation cache (conftest.py) serves their
-  common programs; 'conv' depthwise compiles 3x faster than 'shifted' on XLA CPU.
-  """
-  c = demo.demo_config()
-  c.data.data_dir = str(data_dir)
-  c.model.width = 0.35
-  c.model.depthwise_impl = 'conv'
-  c.optim.base_learning_rate = 0.1
-  c.batch_size = 16
-  c.log_every_steps = 2
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 3
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
-def steps_per_epoch(config):
-  """As train_and_evaluate computes it, so that tests compile the same programs."""
-  return input_pipeline.get_dataset_info(config.data).num_train_examples // config.batch_size
+from tests.support import random_batch, restore_params, steps_per_epoch, tiny_config
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('data')
-
-
-def random_batch(n, size, classes, seed=0):
-  rng = np.random.default_rng(seed)
-  return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
-          'label': rng.integers(0, classes, n).astype(np.int32)}
 
 
 def test_one_step_on_8_devices_equals_1_device(data_dir):
@@ -122,8 +86,8 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
   first = tiny_config(data_dir, num_train_steps=3)
   trainer.train_and_evaluate(first, str(tmp_path / 'resumed'))
   trainer.train_and_evaluate(straight, str(tmp_path / 'resumed'))
-  a = _restore_params(straight, tmp_path / 'straight')
-  b = _restore_params(straight, tmp_path / 'resumed')
+  a = restore_params(straight, tmp_path / 'straight')
+  b = restore_params(straight, tmp_path / 'resumed')
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -143,25 +107,6 @@ def test_resume_is_bit_identical_at_the_default_xla_optimization_level(data_dir,
                                 TF_CPP_MIN_LOG_LEVEL='2'),
                        cwd=root, capture_output=True, text=True, timeout=900, check=False)
   assert out.returncode == 0 and 'bit-identical' in out.stdout, out.stderr[-5000:]
-
-
-def restore_state(config, workdir):
-  """(train state, step) of the newest checkpoint of a run of `config` in `workdir`."""
-  ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
-  mesh = sharding.make_mesh()
-  model = MobileNetV3(**config.model)
-  schedule, tx = trainer.build_optimizer(config, steps_per_epoch(config))
-  init_fn, _, _ = steps.jit_steps(model, tx, schedule, config, mesh)
-  try:
-    return ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
-  finally:
-    ckpt.close()
-
-
-def _restore_params(config, workdir):
-  state, step = restore_state(config, workdir)
-  assert step == config.num_train_steps
-  return jax.device_get(state)
 
 
 def test_end_to_end_on_imagenet_format_data(imagenet_dir, tmp_path):
