@@ -2,7 +2,7 @@
 
 `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch_stats, batch) ->
 metrics` are pure; `jit_steps` compiles them with the batch sharded over the mesh's 'data' axis
-and the state replicated (donated in the train step). Side effects live in `mnv3_jax.train`.
+and the state replicated (donated in the train step). Side effects live in `train.trainer`.
 
 BatchNorm statistics in training (`config.bn_stats`):
 - 'global': `jax.jit` of the step on the global batch; XLA all-reduces every BN layer's moments

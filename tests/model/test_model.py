@@ -60,8 +60,8 @@ def _compile(fn, *args):
 
 
 def _forward(model, variables, x):
-  """Logits and the captured outputs of every module ({path: output}), in training mode (at
-  inference a layer's BatchNorm and activation move into the next op) with a fixed dropout key."""
+  """Logits and the captured outputs of every module ({path: output}), in training mode with a
+  fixed dropout key."""
   fn = lambda v, x: model.apply(v, x, train=True, capture_intermediates=True,
                                 rngs={'dropout': jax.random.key(0)},
                                 mutable=['intermediates', 'batch_stats'])
@@ -253,7 +253,7 @@ def test_bfloat16_compute_close_to_float32():
   - the median over the conv-BN-activation layers of their RMS error is at most 0.034
     (measured 0.031; 0.028-0.031 over 4 draws; BN map in bf16: 0.037, 0.034-0.037);
   - the logits: random weights compound the error over depth, max|Δ|/max|ref| 0.046 here
-    (0.037-0.059 over 4 draws): bound 0.06.
+    (0.037-0.059 over 4 draws); the bound stays the earlier 0.05, which this fixed draw meets.
   """
   model = model_lib.MobileNetV3(variant='small', dtype='bfloat16')
   variables = _shapes(model)
@@ -270,7 +270,7 @@ def test_bfloat16_compute_close_to_float32():
   u = 2.0 ** -8
   assert errors['stem'] <= 1.3 * u, errors['stem'] / u
   assert float(np.median(list(errors.values()))) <= 0.034, errors
-  assert _rel(logits, ref_logits) <= 6e-2
+  assert _rel(logits, ref_logits) <= 5e-2
 
 
 # ---------------------------------------------------------------------------- shapes
