@@ -13,12 +13,19 @@ from mnv3_jax import runtime
 runtime.use_tcmalloc()   # re-executes with tcmalloc preloaded, before jax allocates anything
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys
+
+from mnv3_jax.train import console
+
+if not any(a.startswith(('--library_logs', '-library_logs')) for a in sys.argv[1:]):
+  console.import_tensorflow_quietly()   # before anything imports TensorFlow
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mnv3_jax.parallel import distributed
-from mnv3_jax.train import console, trainer
+from mnv3_jax.train import trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and config go.')

@@ -37,3 +37,33 @@ def quiet_libraries() -> None:
     handler.addFilter(LibraryInfoFilter())
   import tensorflow_datasets as tfds   # pylint: disable=import-outside-toplevel
   tfds.disable_progress_bar()
+
+
+_NATIVE_NOISE = ('WARNING: All log messages before absl::InitializeLog() is called',
+                 'port.cc:', 'cpu_feature_guard.cc:', 'To enable the following instructions:')
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow with its C++ start-up INFO lines (oneDNN, CPU features) dropped.
+
+  TensorFlow prints them to file descriptor 2 before its logging is configured, so neither
+  TF_CPP_MIN_LOG_LEVEL nor a Python filter reaches them; anything else it prints is passed on.
+  """
+  import sys   # pylint: disable=import-outside-toplevel
+  import tempfile   # pylint: disable=import-outside-toplevel
+  if 'tensorflow' in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors='replace').splitlines(keepends=True):
+        if not any(noise in line for noise in _NATIVE_NOISE):
+          sys.stderr.write(line)
+      sys.stderr.flush()
