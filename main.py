@@ -24,6 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mnv3_jax import cli_errors
 from mnv3_jax.parallel import distributed
 from mnv3_jax.train import trainer
 
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)
