@@ -1,14 +1,16 @@
 """Trained weights on disk: variables checkpoints, training workdirs, and `config.init_from`.
 
 A variables checkpoint is a directory written by `save` (`python -m mnv3_jax.interop.import_weights`):
-  model.json   the MobileNetV3 options the weights compute with (variant, width, padding, ...)
-  variables/   an orbax checkpoint of {'params', 'batch_stats'} (float32, unsharded)
+  model.json         the MobileNetV3 options the weights compute with (variant, width, padding, ...)
+  variables/         an orbax checkpoint of {'params', 'batch_stats'} (float32, unsharded)
+  fingerprints.json  one fingerprint per array (`mnv3_jax.storage.fingerprints`)
 `load` reads one, a training workdir (its best checkpoint by EMA top-1, else its latest; the EMA
-weights by default) or one step of a workdir (`WORKDIR/checkpoints/STEP`, `WORKDIR/best/STEP`).
+weights by default) or one step of a workdir (`WORKDIR/checkpoints/STEP`, `WORKDIR/best/STEP`),
+and verifies every array against its fingerprint: a damaged checkpoint is refused, by name.
 
-`config.init_from` (a path `load` reads) starts training from such weights: `check_init_from`
-validates it against `config.model` from metadata only (before anything compiles) and
-`init_variables` loads it; the optimizer state starts fresh.
+`config.init_from` (a path `load` reads) starts training from such weights: `init_variables` reads
+and verifies them and checks them against `config.model` (`check_init_from` does the same before
+anything compiles or is written); the optimizer state starts fresh.
 """
 import dataclasses
 import json
@@ -21,6 +23,8 @@ from etils import epath
 from flax import traverse_util
 
 from mnv3_jax import model as model_lib
+from mnv3_jax.storage import fingerprints as fingerprints_lib
+from mnv3_jax.storage import train_state
 
 # Options that change what the weights compute; the others (dropout, dtype, BN momentum, the
 # depthwise implementation) may differ between the weights' source and their use.
@@ -28,6 +32,7 @@ COMPUTE_OPTIONS = ('variant', 'width', 'minimalistic', 'num_classes', 'activatio
                    'se_gate', 'stem_filters', 'last_stage', 'padding', 'bn_epsilon', 'input_norm')
 WEIGHTS = ('ema', 'raw')
 _MODEL_JSON, _VARIABLES, _CONFIG_JSON = 'model.json', 'variables', 'config.json'
+_FINGERPRINTS_JSON = 'fingerprints.json'
 
 
 def model_options(model: model_lib.MobileNetV3) -> Dict[str, Any]:
@@ -47,8 +52,11 @@ def save(directory, variables: Dict[str, Any], model: model_lib.MobileNetV3) -> 
   variables = {k: variables[k] for k in ('params', 'batch_stats')}
   check_fits(jax.tree.map(np.shape, variables), model, str(directory))
   directory.mkdir(parents=True, exist_ok=True)
+  variables = jax.tree.map(np.asarray, variables)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(directory / _VARIABLES, jax.tree.map(np.asarray, variables))
+    checkpointer.save(directory / _VARIABLES, variables)
+  (directory / _FINGERPRINTS_JSON).write_text(
+      json.dumps(fingerprints_lib.fingerprints(variables)) + '\n')
   (directory / _MODEL_JSON).write_text(json.dumps(model_options(model), indent=2) + '\n')
 
 
@@ -56,7 +64,7 @@ def _step_dirs(parent: epath.Path) -> Dict[int, epath.Path]:
   if not parent.is_dir():
     return {}
   return {int(p.name): p for p in parent.iterdir() if p.name.isdigit()
-          and (p / 'default').is_dir()}
+          and (p / train_state.STATE).is_dir()}
 
 
 def _ema_top1(step_dir: epath.Path) -> float:
@@ -67,7 +75,7 @@ def _ema_top1(step_dir: epath.Path) -> float:
 
 
 def resolve(path) -> Tuple[str, epath.Path, Dict[str, Any]]:
-  """What `path` is: ('variables' | 'train_state', the orbax item directory, the JSON config).
+  """What `path` is: ('variables' | 'train_state', the orbax item or step directory, the config).
 
   The config is model.json's options for a variables checkpoint, the run's config.json (with
   'model' and 'data') for a workdir or one of its steps. Raises ValueError if it is neither.
@@ -75,29 +83,40 @@ def resolve(path) -> Tuple[str, epath.Path, Dict[str, Any]]:
   path = epath.Path(path)
   if (path / _MODEL_JSON).is_file() and (path / _VARIABLES).is_dir():
     return 'variables', path / _VARIABLES, json.loads((path / _MODEL_JSON).read_text())
-  if (path / 'default').is_dir() and (path.parent.parent / _CONFIG_JSON).is_file():
-    return 'train_state', path / 'default', json.loads(
-        (path.parent.parent / _CONFIG_JSON).read_text())
+  if path.name.isdigit() and (path.parent.parent / _CONFIG_JSON).is_file():
+    return 'train_state', path, json.loads((path.parent.parent / _CONFIG_JSON).read_text())
   if (path / _CONFIG_JSON).is_file():
     best, latest = _step_dirs(path / 'best'), _step_dirs(path / 'checkpoints')
     if best or latest:
       step_dir = (max(best.values(), key=_ema_top1) if best else latest[max(latest)])
-      return 'train_state', step_dir / 'default', json.loads((path / _CONFIG_JSON).read_text())
+      return 'train_state', step_dir, json.loads((path / _CONFIG_JSON).read_text())
     raise ValueError(f'Workdir {path} has no checkpoint yet (nothing in best/ or checkpoints/).')
   raise ValueError(f'{path} is neither a variables checkpoint (model.json + variables/), nor a '
                    'training workdir (config.json + checkpoints/), nor one of its steps.')
 
 
-def _abstract(metadata_tree: Any) -> Any:
-  """Restore targets of a checkpoint's arrays: their shapes and dtypes on the first local device."""
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                      metadata_tree)
+def _read_variables(item_dir: epath.Path) -> Dict[str, Any]:
+  """A variables checkpoint's arrays (numpy), verified against fingerprints.json."""
+  where = str(item_dir.parent)
+  try:
+    saved = json.loads((item_dir.parent / _FINGERPRINTS_JSON).read_text())
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+      tree = checkpointer.metadata(item_dir).item_metadata.tree
+      restored = checkpointer.restore(item_dir, jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree))
+  except Exception as e:  # pylint: disable=broad-except
+    raise fingerprints_lib.DamagedCheckpointError(
+        f'{where}: unreadable ({train_state.reason(e)}).') from e
+  fingerprints_lib.verify(saved, restored, where)
+  return jax.tree.map(np.asarray, restored)
 
 
-def _item_metadata(item_dir: epath.Path) -> Any:
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.metadata(item_dir).item_metadata.tree
+def _read(kind: str, item_dir: epath.Path) -> Dict[str, Any]:
+  """The verified arrays of a variables checkpoint or of one train-state step."""
+  if kind == 'variables':
+    return _read_variables(item_dir)
+  return jax.tree.map(np.asarray, train_state.read_step_dir(item_dir))
 
 
 def load(path, weights: str = 'ema') -> Tuple[Dict[str, Any], Dict[str, Any], Optional[Any]]:
@@ -105,14 +124,14 @@ def load(path, weights: str = 'ema') -> Tuple[Dict[str, Any], Dict[str, Any], Op
 
   weights: 'ema' (the moving averages, which the trainer's ema_top1 evaluates) or 'raw'; ignored
   for a variables checkpoint. Returns ({'params', 'batch_stats'} of numpy arrays, the model's
-  options (a dict for MobileNetV3(**...)), the run's data config dict or None).
+  options (a dict for MobileNetV3(**...)), the run's data config dict or None). Raises
+  DamagedCheckpointError (a ValueError) naming the checkpoint if any array is unreadable or
+  differs from its fingerprint.
   """
   if weights not in WEIGHTS:
     raise ValueError(f'Unknown weights {weights!r}; allowed: {list(WEIGHTS)}.')
   kind, item_dir, config = resolve(path)
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(item_dir, _abstract(_item_metadata(item_dir)))
-  restored = jax.tree.map(np.asarray, restored)
+  restored = _read(kind, item_dir)
   if kind == 'variables':
     return restored, config, None
   prefix = 'ema_' if weights == 'ema' else ''
@@ -152,28 +171,25 @@ def _check_options(weights_options: Dict[str, Any], model_config: Dict[str, Any]
                      'init_from does not re-initialise layers, so the class count must match too.')
 
 
-def check_init_from(path, model: model_lib.MobileNetV3) -> None:
-  """Validates `config.init_from` against `model` (options, then every array's shape).
-
-  Reads only JSON and orbax metadata. Raises ValueError naming what differs.
-  """
+def init_variables(path, model: model_lib.MobileNetV3) -> Dict[str, Any]:
+  """{'params', 'batch_stats'} (numpy) of `config.init_from`, verified and checked against `model`
+  (options, then every array's shape). Raises ValueError naming what differs or is damaged."""
   try:
-    kind, item_dir, config = resolve(path)
+    kind, _, config = resolve(path)
   except ValueError as e:
     raise ValueError(f'Invalid init_from {path!r}: {e}') from e
-  options = config if kind == 'variables' else config['model']
-  _check_options(options, model_options(model), path)
-  tree = _item_metadata(item_dir)
-  if kind == 'train_state':
-    tree = {'params': tree['ema_params'], 'batch_stats': tree['ema_batch_stats']}
-  check_fits(jax.tree.map(lambda m: tuple(m.shape), tree), model, f'init_from {path}')
-
-
-def init_variables(path, model: model_lib.MobileNetV3) -> Dict[str, Any]:
-  """{'params', 'batch_stats'} (numpy) of `config.init_from`, checked against `model`."""
-  check_init_from(path, model)
-  variables, _, _ = load(path, 'ema')
+  _check_options(config if kind == 'variables' else config['model'], model_options(model), path)
+  try:
+    variables, _, _ = load(path, 'ema')
+  except fingerprints_lib.DamagedCheckpointError as e:
+    raise fingerprints_lib.DamagedCheckpointError(f'Invalid init_from {path!r}: {e}') from e
+  check_fits(jax.tree.map(np.shape, variables), model, f'init_from {path}')
   return variables
+
+
+def check_init_from(path, model: model_lib.MobileNetV3) -> None:
+  """`init_variables` for its checks only: run before anything is compiled or written."""
+  init_variables(path, model)
 
 
 def replace_weights(state, variables: Dict[str, Any], sharding: jax.sharding.Sharding):

@@ -16,8 +16,8 @@ that step replaces it). On gs://, which has no atomic rename, orbax uses `Commit
 a step counts only once its `commit_success.txt` exists. Old checkpoints are deleted only after the
 new one is committed (`CheckpointManager._finalize`), and never after a failed save.
 
-Integrity: orbax checks no checksum of array data (a garbled byte restores as a silently wrong
-value), so each save records a fingerprint per array in the step metadata and restore verifies it.
+Integrity: each step stores a fingerprint per array in its own item, which every read checks
+(`mnv3_jax.storage.train_state`: the step's layout and its one verified read).
 
 Multi-process: call every method identically on all processes (orbax synchronises them); the metrics
 given to `save_best` must be equal on all processes (as a global jitted evaluation gives).
@@ -29,74 +29,13 @@ from typing import Any, Mapping, Optional, Tuple
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mnv3_jax.storage import train_state
+from mnv3_jax.storage.train_state import IncompatibleCheckpointError  # pylint: disable=unused-import
+
 BEST_MODES = ('max', 'min')
-_FINGERPRINTS = 'mnv3_jax_fingerprints'   # key in the step's custom metadata
-_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}
-
-
-class IncompatibleCheckpointError(ValueError):
-  """A checkpoint holds another train state (model variant, class count, optimizer) than requested."""
-
-
-def _host_copy(x) -> np.ndarray:
-  """The whole value of `x` on this host: arrays of the train state are replicated."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if not x.is_fully_replicated:
-      raise ValueError(f'Cannot fingerprint an array sharded across processes: {x.sharding}.')
-    x = x.addressable_data(0)
-  return np.asarray(x)
-
-
-def _leaf_fingerprint(x) -> int:
-  """sum_i bits_i * (2i + 1) mod 2**32 over the raw bits of `x`: changing any one element changes it."""
-  x = np.ascontiguousarray(_host_copy(x))
-  if x.dtype == np.bool_:
-    x = x.astype(np.uint8)
-  bits = x.view(_WORDS[x.dtype.itemsize]).ravel().astype(np.uint32)
-  odd = np.arange(bits.size, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-  return int(np.sum(bits * odd, dtype=np.uint32))   # uint32 arithmetic wraps: mod 2**32
-
-
-def fingerprints(tree: Any) -> dict[str, int]:
-  """Fingerprints of every array of a pytree, keyed 'path/to/leaf'; independent of sharding.
-
-  Computed on the host with numpy (milliseconds for MobileNetV3): a jitted version costs a
-  compilation of its own before the first save, seconds that a SIGTERM deadline cannot spare.
-  """
-  return {key: _leaf_fingerprint(value)
-          for key, value in ocp.tree.to_flat_dict(tree, sep='/').items()}
-
-
-def _describe(leaf: Any) -> str:
-  return f'{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}'
-
-
-def _check_compatible(item_metadata: Any, abstract_state: Any, path: epath.Path) -> None:
-  """Raises IncompatibleCheckpointError unless the checkpoint has the state's paths, shapes, dtypes."""
-  have = {k: _describe(v) for k, v in ocp.tree.to_flat_dict(item_metadata, sep='/').items()}
-  want = {k: _describe(v) for k, v in ocp.tree.to_flat_dict(abstract_state, sep='/').items()}
-  diffs = [f'{k}: checkpoint {have.get(k, "absent")}, requested {want.get(k, "absent")}'
-           for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
-  if diffs:
-    raise IncompatibleCheckpointError(
-        f'Checkpoint {path} holds another train state than the one requested ({len(diffs)} arrays '
-        f'differ, e.g. {diffs[:3]}): another model variant, class count or optimizer? Use the '
-        'config it was trained with, or a new workdir.')
-
-
-def _reason(error: BaseException) -> str:
-  """The first line of an error and of its causes (tensorstore errors embed pages of spec)."""
-  lines = []
-  while error is not None and len(lines) < 3:
-    first = (str(error).splitlines() or [''])[0]
-    lines.append(f'{type(error).__name__}: {first[:300]}')
-    error = error.__cause__
-  return ' <- '.join(lines)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -104,15 +43,14 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
     raise ValueError(f'{name} must be an integer >= {minimum}; got {value!r}.')
 
 
-def _handlers() -> ocp.handlers.CheckpointHandlerRegistry:
-  # Registering the item up front lets a fresh manager read its metadata before any save/restore.
-  return ocp.handlers.create_default_handler_registry(default=ocp.StandardCheckpointHandler())
-
-
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
   # Orbax names its multi-process barriers after the step: without a prefix per manager, best/<n>
   # and checkpoints/<n> saved together would wait on the same barrier and fail.
   return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f'mnv3_jax_{name}')
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (the message names the directory and the cause)."""
 
 
 class Checkpointer:
@@ -135,7 +73,7 @@ class Checkpointer:
     self._best_metric, self._best_mode, self._keep_best = best_metric, best_mode, keep_best
     self._barriers = itertools.count()
     self._latest = ocp.CheckpointManager(
-        self._workdir / 'checkpoints', handler_registry=_handlers(),
+        self._workdir / 'checkpoints', handler_registry=train_state.handler_registry(),
         options=ocp.CheckpointManagerOptions(
             # Orbax's default policy would also save the first step of a fresh run.
             save_decision_policy=policies.AnySavePolicy([
@@ -147,7 +85,7 @@ class Checkpointer:
     if keep_best:
       metric = lambda metrics: metrics[best_metric]
       self._best = ocp.CheckpointManager(
-          self._workdir / 'best', handler_registry=_handlers(),
+          self._workdir / 'best', handler_registry=train_state.handler_registry(),
           options=ocp.CheckpointManagerOptions(
               best_fn=metric, best_mode=best_mode,   # best_fn makes orbax store the metrics
               preservation_policy=policies.BestN(
@@ -164,8 +102,11 @@ class Checkpointer:
 
   def _write(self, manager: ocp.CheckpointManager, step: int, state: Any,
              metrics: Optional[dict[str, float]] = None) -> bool:
-    return manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True,
-                        custom_metadata={_FINGERPRINTS: fingerprints(state)})
+    try:
+      return manager.save(step, args=train_state.save_args(state), metrics=metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointWriteError(f'Could not save step {step} in {manager.directory}: '
+                                 f'{train_state.reason(e)}') from e
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts saving `state` at `step` if due: step % save_every_steps == 0, a preemption sync point
@@ -178,14 +119,15 @@ class Checkpointer:
       return False
     return self._write(self._latest, step, state)
 
-  def save_best(self, step: int, state: Any, metrics: Mapping[str, Any]) -> None:
-    """Saves `state` into best/ if metrics[best_metric] ranks among the best `keep_best` so far.
+  def save_best(self, step: int, state: Any, metrics: Mapping[str, Any]) -> bool:
+    """Saves `state` into best/ if metrics[best_metric] ranks among the best `keep_best` so far;
+    returns whether it started a save.
 
     metrics: scalar numbers (Python or 0-d arrays), all stored with the checkpoint; equal on all
       processes.
     """
     if self._best is None:
-      return
+      return False
     if self._best_metric not in metrics:
       raise ValueError(f'metrics lack best_metric {self._best_metric!r}; they have {sorted(metrics)}.')
     metrics = {name: float(value) for name, value in metrics.items()}
@@ -193,9 +135,21 @@ class Checkpointer:
     if not math.isfinite(value):
       logging.warning('Not saving step %d as a best checkpoint: %s is %s.', step,
                       self._best_metric, value)
-      return
+      return False
     if step not in self._best.all_steps() and self._ranks_among_best(value):
-      self._write(self._best, step, state, metrics)
+      return self._write(self._best, step, state, metrics)
+    return False
+
+  def best(self) -> Optional[Tuple[float, int, epath.Path]]:
+    """(best_metric's value, step, directory) of the best checkpoint in best/, or None."""
+    if self._best is None:
+      return None
+    kept = [(m[self._best_metric], s) for s in self._best.all_steps()
+            if (m := self._best.metrics(s)) and self._best_metric in m]
+    if not kept:
+      return None
+    value, step = (max if self._best_mode == 'max' else min)(kept)
+    return value, step, self._best.directory / str(step)
 
   def _ranks_among_best(self, value: float) -> bool:
     kept = [self._best.metrics(s) for s in self._best.all_steps()]
@@ -203,20 +157,6 @@ class Checkpointer:
     if len(kept) < self._keep_best:
       return True
     return value > min(kept) if self._best_mode == 'max' else value < max(kept)
-
-  def _restore_verified(self, step: int, abstract_state: Any) -> Any:
-    """Restores `step`; raises if it is unreadable or differs from its fingerprints."""
-    metadata = self._latest.metadata(step)
-    saved = (metadata.custom_metadata or {}).get(_FINGERPRINTS)
-    if metadata.item_metadata is None or not saved:
-      raise ValueError('its metadata (_METADATA or _CHECKPOINT_METADATA) is missing or unreadable')
-    _check_compatible(metadata.item_metadata, abstract_state, self._step_path(step))
-    state = self._latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    restored = fingerprints(state)
-    bad = sorted(k for k in saved.keys() | restored.keys() if saved.get(k) != restored.get(k))
-    if bad:
-      raise ValueError(f'{len(bad)} arrays differ from the fingerprints saved with them: {bad[:3]}')
-    return state
 
   def restore(self, abstract_state: Any) -> Tuple[Any, Optional[int]]:
     """Restores the newest checkpoint that reads back intact; returns (state, step) or (None, None).
@@ -233,12 +173,12 @@ class Checkpointer:
     broken = []
     for step in sorted(self._latest.all_steps(), reverse=True):
       try:
-        state = self._restore_verified(step, abstract_state)
+        state = train_state.read(self._latest, step, abstract_state)
       except IncompatibleCheckpointError:
         raise
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('Checkpoint %s (step %d) is broken, skipping it: %s',
-                        self._step_path(step), step, _reason(e))
+                        self._step_path(step), step, train_state.reason(e))
         broken.append(step)
         continue
       self._set_aside(broken)
@@ -270,17 +210,27 @@ class Checkpointer:
     """True at orbax's multi-host preemption sync point (all processes agree on the step)."""
     return self._latest.reached_preemption(step)
 
+  def _managers(self) -> list[ocp.CheckpointManager]:
+    return [self._latest] + ([self._best] if self._best is not None else [])
+
   def wait_until_finished(self) -> None:
-    """Blocks until background saves (and their garbage collection) are done; re-raises their errors."""
-    self._latest.wait_until_finished()
-    if self._best is not None:
-      self._best.wait_until_finished()
+    """Blocks until background saves (and their garbage collection) are done; raises
+    CheckpointWriteError if one failed."""
+    for manager in self._managers():
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointWriteError(f'Could not save a checkpoint in {manager.directory}: '
+                                   f'{train_state.reason(e)}') from e
 
   def close(self) -> None:
-    """Waits for saves to finish and releases orbax's threads."""
-    self._latest.close()
-    if self._best is not None:
-      self._best.close()
+    """Releases both managers, also after a failed save (their errors were raised already)."""
+    for manager in self._managers():
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Closing the checkpoints in %s: %s', manager.directory,
+                        train_state.reason(e))
 
 
 def save_config(workdir: str, config: Any) -> None:

@@ -6,9 +6,7 @@ is deterministic), evaluates raw and EMA weights, and stops cleanly on SIGTERM o
 preemption notice after writing a checkpoint of the current step.
 """
 import json
-import os
-import signal
-import threading
+import time
 from typing import Optional
 
 import jax
@@ -18,14 +16,12 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
-from mnv3_jax.train import checkpointing
 from mnv3_jax.data import input_pipeline
-from mnv3_jax.train import optim
 from mnv3_jax.interop import pretrained
-from mnv3_jax.parallel import sharding
-from mnv3_jax.train import steps
-from mnv3_jax.train import preflight
 from mnv3_jax.model import MobileNetV3
+from mnv3_jax.parallel import sharding
+from mnv3_jax.train import (checkpointing, optim, preflight, reporter, run_header, steps,
+                            stop_signals)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -85,87 +81,22 @@ def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
           'written before this step is intact.')
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls at step boundaries (one process only).
-
-  Python runs signal handlers only in the main thread, between bytecodes: while that thread is
-  inside a long C++ call (the first XLA compile of a big model can take minutes on CPU) the handler
-  waits. So the C-level handler also writes the signal number to a pipe (`signal.set_wakeup_fd`;
-  it runs in whichever thread the kernel picks), and a watcher thread reads it at once: if no step
-  has been trained in this process yet, nothing is lost by exiting, and it exits (status 0) within
-  a second; otherwise it leaves the flag for the loop, which checkpoints at the next step boundary.
-
-  With several processes, jax's preemption service catches SIGTERM instead and all processes stop
-  at the same step through `reached_preemption`; a Python handler would replace jax's, and a flag
-  raised on one process only would leave the others waiting for it in the next collective.
-  """
-
-  def __init__(self):
-    self.raised = False
-    self._trained = False
-    self._lock = threading.Lock()
-    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
-      return
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    read_fd, self._write_fd = os.pipe()
-    os.set_blocking(self._write_fd, False)
-    self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-    if self._previous_fd != -1:   # someone else's (an asyncio loop): leave it, keep the flag only
-      signal.set_wakeup_fd(self._previous_fd)
-      os.close(read_fd)
-      os.close(self._write_fd)
-      del self._write_fd
-      return
-    threading.Thread(target=self._watch, args=(read_fd,), name='mnv3_sigterm', daemon=True).start()
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    if not self.raised:
-      logging.warning('SIGTERM received: checkpointing at the end of this step.')
-    self.raised = True
-
-  def _watch(self, read_fd: int) -> None:
-    with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
-      while byte := pipe.read(1):       # b'' once `restore` closes the write end
-        if byte[0] != signal.SIGTERM:
-          continue
-        with self._lock:
-          if not self._trained:
-            logging.warning('SIGTERM received before the first step: nothing to checkpoint; '
-                            'exiting now. Rerun the same command to resume.')
-            logging.flush()
-            os._exit(0)   # pylint: disable=protected-access
-          self._handle(signal.SIGTERM, None)
-
-  def trained(self) -> None:
-    """Marks that a step has run: from now on SIGTERM waits for the loop's checkpoint."""
-    if not self._trained:
-      with self._lock:
-        self._trained = True
-
-  def restore(self):
-    if hasattr(self, '_write_fd'):
-      signal.set_wakeup_fd(self._previous_fd)
-      os.close(self._write_fd)
-    if hasattr(self, '_previous'):
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
   """Trains `config` in `workdir` to `num_epochs`, resuming if checkpoints exist.
 
-  Returns the last evaluation's metrics ({'top1', 'ema_top1', ...}), or None if stopped early.
+  Returns the last evaluation's metrics ({'eval_top1', 'ema_top1', ...}), or None if stopped early
+  or there was nothing left to train.
   """
   mesh = sharding.make_mesh()
   info = preflight.check_config(config, workdir, mesh)
-  sigterm = _SigtermFlag()     # before the first compile, which may take minutes
+  stop = stop_signals.StopFlag()     # before the first compile, which may take minutes
   try:
-    return _train_and_evaluate(config, workdir, mesh, info, sigterm)
+    return _train_and_evaluate(config, workdir, mesh, info, stop)
   finally:
-    sigterm.restore()
+    stop.restore()
 
 
-def _train_and_evaluate(config, workdir, mesh, info, sigterm) -> Optional[dict]:
+def _train_and_evaluate(config, workdir, mesh, info, stop) -> Optional[dict]:
   model = MobileNetV3(**config.model)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -176,57 +107,62 @@ def _train_and_evaluate(config, workdir, mesh, info, sigterm) -> Optional[dict]:
   ckpt = checkpointing.Checkpointer(
       workdir, save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
       keep_best=config.keep_best, best_metric='ema_top1')
+  writer = None
   try:
-    state, start_step = ckpt.restore(abstract_train_state(init_fn, mesh))
-  except checkpointing.IncompatibleCheckpointError as e:
-    ckpt.close()
-    raise _with_workdir_config(e, workdir, config) from e
-  # Only now: a config whose checkpoints do not fit must leave the run's files as they were.
-  checkpointing.save_config(workdir, config)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  if state is None:
-    state, start_step = init_fn(jax.random.key(config.seed)), 0
-    if config.get('init_from'):
-      state = pretrained.replace_weights(state, pretrained.init_variables(config.init_from, model),
-                                         sharding.replicated(mesh))
-      logging.info('Initialised params and BN statistics from %s.', config.init_from)
-    writer.write_hparams(_flat_hparams(config))
-    _write_parameter_table(workdir, state.params)
-  logging.info('Training %d steps (%d per epoch) from step %d; global batch %d on %d devices.',
-               total_steps, steps_per_epoch, start_step, config.batch_size, mesh.devices.size)
-
-  if start_step >= total_steps:
-    logging.info('The checkpoint at step %d has finished training (%d steps): nothing to do.',
-                 start_step, total_steps)
-    ckpt.close()
-    return None
-  try:
-    return _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir,
-                       mesh, writer, ckpt, sigterm)
+    try:
+      state, start_step = ckpt.restore(abstract_train_state(init_fn, mesh))
+    except checkpointing.IncompatibleCheckpointError as e:
+      raise _with_workdir_config(e, workdir, config) from e
+    # Only now: a config whose checkpoints do not fit must leave the run's files as they were.
+    checkpointing.save_config(workdir, config)
+    writer = _metric_writer(workdir)
+    report = reporter.Reporter(total_steps, start_step or 0)
+    report.header(run_header.lines(model, config, info, mesh, steps_per_epoch, total_steps,
+                                   workdir, start_step))
+    if state is None:
+      state, start_step = init_fn(jax.random.key(config.seed)), 0
+      if config.get('init_from'):
+        state = pretrained.replace_weights(
+            state, pretrained.init_variables(config.init_from, model), sharding.replicated(mesh))
+      writer.write_hparams(_flat_hparams(config))
+      _write_parameter_table(workdir, state.params)
+    if start_step >= total_steps:
+      logging.info('The checkpoint at step %d has finished training (%d steps): nothing to do.',
+                   start_step, total_steps)
+      return None
+    result = _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir,
+                         mesh, writer, ckpt, stop, report)
+    ckpt.wait_until_finished()      # a failed background save surfaces here, not silently
+    if result is not None:
+      report.final(total_steps, result, ckpt.best())
+    return result
   finally:
-    ckpt.wait_until_finished()
     ckpt.close()
-    writer.flush()
+    if writer is not None:
+      writer.close()
 
 
 def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir, mesh,
-                writer, ckpt, sigterm) -> Optional[dict]:
+                writer, ckpt, stop, report) -> Optional[dict]:
   """Steps from `start_step` to `total_steps`; returns the last eval metrics (None if stopped)."""
   train_batches = input_pipeline.train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count())
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
+  hooks = []
   if jax.process_index() == 0 and config.profile_first_step >= 0:
     hooks.append(periodic_actions.Profile(logdir=workdir,
                                           first_profile=config.profile_first_step))
   eval_metrics, accumulated, previous = None, None, None
   batches = sharding.prefetch_to_mesh(train_batches, mesh)
   for step in range(start_step + 1, total_steps + 1):
+    compiled = report.compiling('train step') if step == start_step + 1 else None
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       state, metrics = train_fn(state, next(batches))
-    sigterm.trained()
+    if compiled is not None:
+      compiled()
+      report.start_timing(step)
+    stop.trained()
     if previous is not None:
       check_finite(*previous)       # one step behind: keeps the dispatch queue full
     previous = (step, metrics)
@@ -234,21 +170,41 @@ def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workd
     for hook in hooks:
       hook(step)
     last = step == total_steps
-    if step % config.log_every_steps == 0 or last:
+    log_due = step % config.log_every_steps == 0 or last
+    if log_due or report.due():
       check_finite(step, metrics)
-      writer.write_scalars(step, {f'train_{k}': v for k, v in accumulated.compute().items()})
-      accumulated = None
-    if step % config.eval_every_steps == 0 or last:
+      values = {k: float(v) for k, v in jax.device_get(accumulated.compute()).items()}
+      report.progress(step, values)
+      if log_due:
+        rate = report.steps_per_second(step)
+        writer.write_scalars(step, {f'train_{k}': v for k, v in values.items()}
+                             | ({'steps_per_sec': rate} if rate else {}))
+        accumulated = None
+    stopping = stop.raised or ckpt.reached_preemption(step)
+    evaluated = step % config.eval_every_steps == 0 or last
+    saved = []
+    if evaluated:
       check_finite(step, metrics)
+      first_eval = eval_metrics is None
+      if first_eval:
+        report.compiling('evaluation step')
+      started = time.monotonic()
       eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
+      seconds = time.monotonic() - started
       writer.write_scalars(step, eval_metrics)
-      ckpt.save_best(step, state, eval_metrics)
-    stop = sigterm.raised or ckpt.reached_preemption(step)
-    if step % config.checkpoint_every_steps == 0 or last or stop:
+      best = ckpt.best()
+      is_best = best is None or eval_metrics['ema_top1'] > best[0]
+      if ckpt.save_best(step, state, eval_metrics):
+        saved.append(f'best/{step}')
+    if step % config.checkpoint_every_steps == 0 or last or stopping:
       check_finite(step, metrics)
-      ckpt.save(step, state, force=last or stop)
-    if stop:
-      logging.warning('Stopping at step %d after a preemption notice; rerun to resume.', step)
+      if ckpt.save(step, state, force=last or stopping):
+        saved.insert(0, f'checkpoints/{step}')
+    if evaluated:
+      report.evaluation(step, eval_metrics, is_best, saved, seconds, with_compile=first_eval)
+    if stopping:
+      report.stopped(step, 'stop requested' if stop.raised else 'preemption notice',
+                     f'{workdir}/checkpoints/{step}')
       return None
   return eval_metrics
 
@@ -269,15 +225,19 @@ def _with_workdir_config(error, workdir: str, config) -> Exception:
 
 
 def _evaluate_both(eval_fn, state, config, mesh) -> dict:
-  """Evaluates the raw and the EMA weights: {'top1', ..., 'ema_top1', ...}."""
+  """Evaluates the raw and the EMA weights: {'eval_top1', ..., 'ema_top1', ...}."""
   both = evaluate_weights(eval_fn, {'raw': (state.params, state.batch_stats),
                                     'ema': (state.ema_params, state.ema_batch_stats)},
                          config.data, config, mesh)
-  raw, ema = both['raw'], both['ema']
-  logging.info('Eval at step %d: top1 %.4f, EMA top1 %.4f over %d examples.',
-               int(state.step), raw['top1'], ema['top1'], raw['count'])
-  return {**{f'eval_{k}': v for k, v in raw.items()},
-          **{f'ema_{k}': v for k, v in ema.items()}}
+  return {**{f'eval_{k}': v for k, v in both['raw'].items()},
+          **{f'ema_{k}': v for k, v in both['ema'].items()}}
+
+
+def _metric_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard events on process 0 (in a background thread); the console gets `reporter` lines."""
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
 
 
 def _write_parameter_table(workdir: str, params) -> None:
@@ -285,8 +245,6 @@ def _write_parameter_table(workdir: str, params) -> None:
   path = epath.Path(workdir) / 'parameters.txt'
   if jax.process_index() == 0:
     path.write_text(parameter_overview.get_parameter_overview(params) + '\n')
-  logging.info('%s trainable parameters; per-array table in %s.',
-               f'{parameter_overview.count_parameters(params):,}', path)
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from mnv3_jax.storage import fingerprints
 from mnv3_jax.train import checkpointing
 
 
@@ -87,7 +88,7 @@ def _save_all(workdir, states, **kwargs):
 
 
 def _largest_data_file(step_dir):
-  return max((step_dir / 'default' / 'ocdbt.process_0' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+  return max((step_dir / 'state' / 'ocdbt.process_0' / 'd').iterdir(), key=lambda p: p.stat().st_size)
 
 
 def _truncate_array_data(step_dir):
@@ -104,16 +105,24 @@ def _garble_array_data(step_dir):
 
 
 def _delete_array_metadata(step_dir):
-  (step_dir / 'default' / '_METADATA').unlink()
+  (step_dir / 'state' / '_METADATA').unlink()
 
 
 def _garble_array_metadata(step_dir):
-  path = step_dir / 'default' / '_METADATA'
+  path = step_dir / 'state' / '_METADATA'
   path.write_bytes(path.read_bytes()[:100])
 
 
-def _delete_step_metadata(step_dir):
-  (step_dir / '_CHECKPOINT_METADATA').unlink()
+def _delete_fingerprints(step_dir):
+  (step_dir / 'fingerprints' / 'metadata').unlink()
+
+
+def _alter_a_fingerprint(step_dir):
+  path = step_dir / 'fingerprints' / 'metadata'
+  saved = json.loads(path.read_text())
+  key = sorted(saved)[0]
+  saved[key] ^= 1
+  path.write_text(json.dumps(saved))
 
 
 def test_round_trip_is_bit_identical_and_resharded(tmp_path, caplog):
@@ -172,7 +181,8 @@ def test_keeps_the_best_k_by_metric(tmp_path, mode, kept):
 
 
 @pytest.mark.parametrize('corrupt', [_truncate_array_data, _garble_array_data, _delete_array_metadata,
-                                     _garble_array_metadata, _delete_step_metadata])
+                                     _garble_array_metadata, _delete_fingerprints,
+                                     _alter_a_fingerprint])
 def test_broken_newest_falls_back_to_previous(tmp_path, caplog, corrupt):
   _save_all(tmp_path, {1: _state(1), 2: _state(2)})
   broken_dir = tmp_path / 'checkpoints' / '2'
@@ -198,7 +208,7 @@ def test_broken_newest_falls_back_to_previous(tmp_path, caplog, corrupt):
 def test_broken_newer_ones_never_cost_the_last_good_one(tmp_path):
   _save_all(tmp_path, {1: _state(1), 2: _state(2), 3: _state(3)}, keep=3)
   _truncate_array_data(tmp_path / 'checkpoints' / '2')
-  _delete_step_metadata(tmp_path / 'checkpoints' / '3')
+  _delete_fingerprints(tmp_path / 'checkpoints' / '3')
   ckpt = checkpointing.Checkpointer(str(tmp_path), save_every_steps=1, keep=3)
   restored, step = ckpt.restore(_abstract(_state(0)))
   assert step == 1
@@ -267,7 +277,7 @@ def test_fingerprints_see_one_bit_and_ignore_sharding():
   swapped = x.copy()
   swapped[0, :2] = x[0, 1::-1]
   sharded = jax.device_put(x, NamedSharding(_mesh(), P('data', None)))
-  prints = [checkpointing.fingerprints({'x': v})['x'] for v in (x, flipped, swapped, sharded)]
+  prints = [fingerprints.fingerprints({'x': v})['x'] for v in (x, flipped, swapped, sharded)]
   assert prints[0] != prints[1] and prints[0] != prints[2] and prints[0] == prints[3]
 
 
