@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.bn_stats = 'global'
   c.num_epochs = 1000.0
   c.num_train_steps = -1         # > 0 overrides num_epochs (tests, smoke runs)
+  # Resuming a workdir with another batch_size than its config.json's is an error unless True;
+  # then a warning says how steps per epoch and the restored step's epoch change.
+  c.allow_batch_size_change = False
   # Start a fresh run from these weights (params and BN statistics; the optimizer starts anew):
   # a variables checkpoint (python -m mnv3_jax.interop.import_weights) or a training workdir. '' = none.
   c.init_from = ''

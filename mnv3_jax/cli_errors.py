@@ -9,8 +9,8 @@ The full traceback of a user error is printed too (before its `error:` line) wit
 `MNV3_TRACEBACK=1` in the environment (every CLI), or absl's `-v 1` / `--verbosity=1` (absl CLIs).
 
   absl CLIs:     cli_errors.run(main)            # instead of app.run(main)
-  argparse CLIs: parser = cli_errors.ArgumentParser(...)   # its usage errors become one line
-                 sys.exit(cli_errors.one_line_errors(main)())
+  argparse CLIs: parser = cli_errors.ArgumentParser(...)  # usage errors: one line, exit 2
+                 sys.exit(cli_errors.one_line_errors(main)())     # errors of main: one line
 
 For absl CLIs `run` also parses the flags: bad flags, a config file (ml_collections config_flags)
 that cannot be loaded, and a `--config.<field>` that names no field of the config are reported in
@@ -37,14 +37,17 @@ USER_ERRORS = (ValueError, OSError, app.UsageError, flags.Error)
 
 
 class UsageError(ValueError):
-  """A bad command line of an argparse CLI (raised by `ArgumentParser.error`)."""
+  """A bad command line of an argparse CLI (reported by `ArgumentParser.error`)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse's parser whose usage errors are one `error:` line (not the usage text + error)."""
+  """argparse's parser whose usage errors are one `error:` line (not the usage text + error).
+
+  `error` exits with `EXIT_USER_ERROR` (2, as argparse's), so `parser.error(...)` stays usable.
+  """
 
   def error(self, message):
-    raise UsageError(f'{self.prog}: {message}; see --help.')
+    sys.exit(report(UsageError(f'{self.prog}: {message.rstrip(".")}; see --help.')))
 
 
 def one_line(error: BaseException) -> str:

@@ -11,7 +11,9 @@ Formats: torchvision, timm, timm_tf (see mnv3_jax/interop/torch_weights.py) and 
 .weights.h5; mnv3_jax/interop/keras_weights.py). Nothing is downloaded: pass a file you have.
 """
 from absl import app, flags
+from etils import epath
 
+from mnv3_jax import cli_errors
 from mnv3_jax.interop import keras_weights
 from mnv3_jax.interop import torch_weights
 from mnv3_jax.interop import pretrained
@@ -25,6 +27,16 @@ DEFAULT_INPUT_NORM = {'torchvision': 'imagenet', 'timm': 'imagenet', 'timm_tf': 
                       'keras': 'none'}
 
 
+def check_out(out: str) -> None:
+  """Raises ValueError unless `out` is a new or empty directory (checked before any reading)."""
+  path = epath.Path(out)
+  if path.exists() and not path.is_dir():
+    raise ValueError(f'Invalid out {out!r}: it is a file; allowed: a new or empty directory.')
+  if path.exists() and any(path.iterdir()):
+    raise ValueError(f'Invalid out {out!r}: it exists and is not empty; allowed: a new or empty '
+                     'directory.')
+
+
 def import_weights(source: str, fmt: str, out: str, key: str = None, **model_options):
   """Converts `source` (a file of format `fmt`) for MobileNetV3(**model_options) into `out`.
 
@@ -33,6 +45,7 @@ def import_weights(source: str, fmt: str, out: str, key: str = None, **model_opt
   """
   if fmt not in FORMATS:
     raise ValueError(f'Unknown format {fmt!r}; allowed: {list(FORMATS)}.')
+  check_out(out)
   model_options.setdefault('input_norm', DEFAULT_INPUT_NORM[fmt])
   if fmt == 'keras':
     model = model_lib.MobileNetV3(**model_options, **_KERAS_OPTIONS)
@@ -84,7 +97,7 @@ def main(argv):
 def cli():
   """The console entry point."""
   _define_flags()
-  app.run(main)
+  cli_errors.run(main)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ Keras is imported only to read files, so converting a model object costs no Tens
 import os
 import re
 import warnings
+import zipfile
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -147,6 +148,10 @@ def keras_architecture(model: model_lib.MobileNetV3, input_shape=None):
                classifier_activation=None)
 
 
+def _first_line(error: Exception) -> str:
+  return (str(error).splitlines() or [''])[0][:300] or type(error).__name__
+
+
 def load_keras(path, model: model_lib.MobileNetV3):
   """Reads a Keras MobileNetV3 from a file.
 
@@ -164,7 +169,11 @@ def load_keras(path, model: model_lib.MobileNetV3):
   if path.endswith('.keras'):
     # safe_mode (Keras' default, stated here so it stays): refuses to deserialize Lambda layers'
     # marshalled bytecode and classes outside Keras, so loading a file never runs code from it.
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+    try:
+      return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+      raise ValueError(f'Cannot read {path!r} as a .keras file ({_first_line(e)}); allowed: a '
+                       'complete .keras zip archive written by keras.Model.save.') from e
   keras_model = keras_architecture(model)
   with warnings.catch_warnings():
     # Keras 3.15 also walks the Functional's per-depth operation lists, which hold only the
@@ -175,4 +184,7 @@ def load_keras(path, model: model_lib.MobileNetV3):
     except ValueError as e:
       raise ValueError(f'{path!r} does not hold the Keras weights of {describe(model)}: '
                        f'{" ".join(str(e).split())[:400]}') from e
+    except OSError as e:     # h5py: not HDF5, truncated, unreadable
+      raise ValueError(f'Cannot read {path!r} as an HDF5 file ({_first_line(e)}); allowed: a '
+                       'complete .h5 / .weights.h5 file written by Keras.') from e
   return keras_model

@@ -219,7 +219,10 @@ def load_state_dict(path, key: Optional[str] = None) -> Dict[str, Any]:
     raise FileNotFoundError(f'No weights file at {path!r}.')
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    content = load_file(path)
+    try:
+      content = load_file(path)
+    except Exception as e:  # pylint: disable=broad-except  (safetensors' own error type)
+      raise _damaged(path, 'safetensors.numpy.save_file', e) from e
   else:
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -233,7 +236,17 @@ def load_state_dict(path, key: Optional[str] = None) -> Dict[str, Any]:
           f'Refused {path!r}: it is not a plain weights file; loading it would run code or build '
           f'objects other than tensors (torch.load(weights_only=True) says: '
           f'{str(e).splitlines()[0][:300]}).') from None
+    # A damaged file fails as RuntimeError (zip), EOFError, KeyError, ... by where it breaks.
+    except Exception as e:  # pylint: disable=broad-except
+      raise _damaged(path, 'torch.save', e) from e
   return _unwrap(content, path, key)
+
+
+def _damaged(path: str, writer: str, error: Exception) -> ValueError:
+  first = (str(error).splitlines() or [''])[0]
+  reason = re.split(r'(?<=\.) ', first)[0][:300] or type(error).__name__   # its first sentence
+  return ValueError(f'Cannot read {path!r}: it is damaged or not a weights file ({reason}); '
+                    f'allowed: a complete file written by {writer}.')
 
 
 def _unwrap(content: Any, path: str, key: Optional[str]) -> Dict[str, Any]:

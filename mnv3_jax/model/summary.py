@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mnv3_jax import cli_errors
 from mnv3_jax import defaults
 from mnv3_jax.model import activations, options as options_lib
 from mnv3_jax.model.mobilenet_v3 import MobileNetV3
@@ -124,12 +125,15 @@ def parse_resolution(text: str) -> Tuple[int, int]:
     raise argparse.ArgumentTypeError(
         f'resolution {text!r} not allowed: give one integer (224) or HxW (224x160).')
   h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+  if min(h, w) < 32:
+    raise argparse.ArgumentTypeError(f'resolution {text!r} not allowed: each side must be >= 32.')
   return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The command-line options: the model options that change its size, plus output switches."""
-  p = argparse.ArgumentParser(prog='python -m mnv3_jax.model.summary', description=__doc__.split('\n')[0])
+  p = cli_errors.ArgumentParser(prog='python -m mnv3_jax.model.summary',
+                               description=__doc__.split('\n')[0])
   d = defaults.MODEL
   p.add_argument('--variant', default=d['variant'], choices=sorted(TABLES))
   p.add_argument('--width', type=float, default=d['width'], help='width multiplier, > 0')
@@ -168,8 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def cli():
-  """The console entry point."""
-  sys.exit(main())
+  """The console entry point: a user error ends in one line (mnv3_jax/cli_errors.py)."""
+  sys.exit(cli_errors.one_line_errors(main)())
 
 
 if __name__ == '__main__':

@@ -1,13 +1,20 @@
-"""Checks a training config before anything is compiled or any data is read.
+"""Checks a training config before anything is compiled, any data is read or the workdir written.
 
-Every failure is a ValueError naming the bad value and what is allowed (or, for missing data,
-where the pipeline looked and how to prepare the dataset).
+Every failure is a ValueError naming the bad value by its config field (`keep_checkpoints`,
+`data.crop_area_range`, ...) and what is allowed (or, for missing data, where the pipeline looked
+and how to prepare the dataset). `check_config` runs every check, the resume check included,
+before it creates the workdir; the trainer calls it first.
 """
+import json
 import math
+import numbers
 import os
+import re
 import tempfile
+from typing import Callable, Optional
 
 import ml_collections
+from absl import logging
 from etils import epath
 
 from mnv3_jax.data import input_pipeline
@@ -16,11 +23,110 @@ from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.model import MobileNetV3
 
+AUTOTUNE = -1   # data.num_parallel_calls: tf.data.AUTOTUNE
 
-def _positive(name: str, value) -> None:
-  if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
-      or not math.isfinite(value)):
-    raise ValueError(f'Invalid {name} {value!r}; allowed: a finite number > 0.')
+
+def _int(ok: Callable = lambda v: True) -> Callable:
+  return lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and ok(v)
+
+
+def _real(ok: Callable = lambda v: True) -> Callable:
+  return lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                    and ok(v))
+
+
+def _pair(ok: Callable) -> Callable:
+  return lambda v: (isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_real(), v))
+                    and ok(*v))
+
+
+def _bool(v) -> bool:
+  return isinstance(v, bool)
+
+
+def _name(v) -> bool:
+  return isinstance(v, str) and bool(v)
+
+
+# Every field a user sets, but model.* (MobileNetV3 checks its options), bn_stats
+# (steps.check_bn_stats) and init_from's target (pretrained.check_init_from).
+FIELDS = (
+    ('seed', 'an integer in [0, 2**32)', _int(lambda v: 0 <= v < 2**32)),
+    ('batch_size', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('num_epochs', 'a finite number > 0', _real(lambda v: v > 0)),
+    ('num_train_steps', 'an integer >= 1 (it overrides num_epochs), or -1 (num_epochs decides)',
+     _int(lambda v: v == -1 or v >= 1)),
+    ('init_from', "a path ('' = none)", lambda v: isinstance(v, str)),
+    ('optim.base_learning_rate', 'a finite number > 0', _real(lambda v: v > 0)),
+    ('optim.base_batch_size', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('optim.warmup_epochs', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('optim.warmup_init_fraction', 'a number in [0, 1]', _real(lambda v: 0 <= v <= 1)),
+    ('optim.decay_rate', 'a number in (0, 1]', _real(lambda v: 0 < v <= 1)),
+    ('optim.decay_epochs', 'a finite number > 0', _real(lambda v: v > 0)),
+    ('optim.staircase', 'True or False', _bool),
+    ('optim.rmsprop_decay', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
+    ('optim.momentum', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
+    ('optim.epsilon', 'a finite number > 0', _real(lambda v: v > 0)),
+    ('optim.weight_decay', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('optim.initial_scale', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('label_smoothing', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
+    # 1 is allowed: the EMA then follows TF's warm-up decay (1 + t) / (10 + t) throughout.
+    ('ema_decay', 'a number in [0, 1]', _real(lambda v: 0 <= v <= 1)),
+    ('log_every_steps', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('eval_every_steps', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('checkpoint_every_steps', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('keep_checkpoints', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('keep_best', 'an integer >= 0 (0: no best/ checkpoints)', _int(lambda v: v >= 0)),
+    ('profile_first_step', 'an integer >= 0, or -1 (no profile)', _int(lambda v: v >= -1)),
+    ('allow_batch_size_change', 'True or False', _bool),
+    ('data.dataset', "a TFDS name, 'image_folder' or 'digits'", _name),
+    ('data.data_dir', 'a directory, or None (the TFDS default)',
+     lambda v: v is None or isinstance(v, str)),
+    ('data.train_split', 'a split name', _name),
+    ('data.eval_split', 'a split name', _name),
+    ('data.folder_holdout_fraction', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
+    ('data.image_size', 'an integer >= 32', _int(lambda v: v >= 32)),
+    ('data.crop_area_range', '(lo, hi) with 0 < lo <= hi <= 1',
+     _pair(lambda lo, hi: 0 < lo <= hi <= 1)),
+    ('data.aspect_ratio_range', '(lo, hi) with 0 < lo <= hi, finite',
+     _pair(lambda lo, hi: 0 < lo <= hi)),
+    ('data.random_flip', 'True or False', _bool),
+    ('data.eval_crop_fraction', 'a number in (0, 1]', _real(lambda v: 0 < v <= 1)),
+    ('data.shuffle_buffer', 'an integer >= 1', _int(lambda v: v >= 1)),
+    ('data.cache', 'True or False', _bool),
+    ('data.num_parallel_calls', f'an integer >= 1, or {AUTOTUNE} (AUTOTUNE)',
+     _int(lambda v: v == AUTOTUNE or v >= 1)),
+)
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """Checks each of `FIELDS` in `config`: present, of its type and in its range."""
+  for name, allowed, ok in FIELDS:
+    node = config
+    for part in name.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ValueError(f'The config has no field {name}; allowed: a config built on '
+                         'configs/default.py base_config(), which has every field.')
+      node = node[part]
+    if not ok(node):
+      raise ValueError(f'Invalid {name} {node!r}; allowed: {allowed}.')
+
+
+def check_model(options: dict) -> MobileNetV3:
+  """MobileNetV3(**options), its errors naming the field as config.model's (model.width, ...)."""
+  try:
+    return MobileNetV3(**options)
+  except ValueError as e:
+    message = re.sub(rf'^(Invalid|Unknown) ({"|".join(map(re.escape, options))}) ',
+                     r'\1 model.\2 ', str(e))
+    raise ValueError(message if message != str(e) else f'model: {e}') from e
+
+
+def _check_data_dir(data_dir: Optional[str]) -> None:
+  if data_dir and '://' not in data_dir and os.path.exists(data_dir) and not os.path.isdir(
+      data_dir):
+    raise ValueError(f'Invalid data.data_dir {data_dir!r}: it is a file; allowed: a directory '
+                     '(or None for the TFDS default).')
 
 
 def check_workdir(workdir: str) -> None:
@@ -36,28 +142,64 @@ def check_workdir(workdir: str) -> None:
                      'process can create and write, or a path below one.') from e
 
 
+def _latest_step(workdir: str) -> Optional[int]:
+  """The newest finalized step in workdir/checkpoints (what a resume restores first), or None."""
+  path = epath.Path(workdir) / 'checkpoints'
+  steps_found = [int(p.name) for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
+  return max(steps_found, default=None)
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str,
+                 num_train_examples: int) -> None:
+  """Refuses to resume `workdir` with another global batch size than its config.json's.
+
+  With `config.allow_batch_size_change` it logs one warning instead: the steps per epoch before
+  and after, and the epoch (schedule position) the restored step stands for under each. Nothing
+  happens for a fresh workdir or one without checkpoints.
+  """
+  config_file = epath.Path(workdir) / 'config.json'
+  step = _latest_step(workdir)
+  if step is None or not config_file.exists():
+    return
+  try:
+    saved = json.loads(config_file.read_text())['batch_size']
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{config_file} is not a run config with a batch_size ({e!r}); allowed: '
+                     'the JSON config a training run wrote.') from e
+  if saved == config.batch_size:
+    return
+  before, after = (max(1, num_train_examples // b) for b in (saved, config.batch_size))
+  if not config.allow_batch_size_change:
+    raise ValueError(
+        f'Invalid batch_size {config.batch_size}: workdir {workdir} was trained with batch_size '
+        f'{saved} (its config.json); allowed: {saved}, or set '
+        '--config.allow_batch_size_change=True to resume with the new batch size (steps per '
+        f'epoch {before} -> {after}).')
+  logging.warning(
+      'Resuming %s with batch_size %d instead of %d (allow_batch_size_change): steps per epoch '
+      '%d -> %d; the restored step %d, epoch %.2f so far, is now epoch %.2f of the schedule.',
+      workdir, config.batch_size, saved, before, after, step, step / before, step / after)
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
-  """Validates `config` for training in `workdir` on `mesh`; returns the dataset's info."""
-  options = config.model.to_dict()
-  width = options.get('width')
-  if isinstance(width, float) and not math.isfinite(width):
-    raise ValueError(f'Invalid model.width {width!r}; allowed: a finite number > 0.')
-  model = MobileNetV3(**options)               # validates every model option ('auto' dtype too)
-  if config.data.image_size < 32:
-    raise ValueError(f'Invalid data.image_size {config.data.image_size!r}; allowed: an '
-                     'integer >= 32.')
+  """Validates `config` for training in `workdir` on `mesh`; returns the dataset's info.
+
+  Only once everything else passed is the workdir created (if new) and proved writable.
+  """
+  check_fields(config)
+  # The data module's own checks too (fields it adds later are then checked here as well).
+  input_pipeline._check_config(config.data)  # pylint: disable=protected-access
+  model = check_model(config.model.to_dict())  # validates every model option ('auto' dtype too)
   sharding.check_batch_size(config.batch_size, mesh)
   steps.check_bn_stats(config.bn_stats)
-  _positive('optim.base_learning_rate', config.optim.base_learning_rate)
-  _positive('num_epochs', config.num_epochs)
-  for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
-    _positive(name, config[name])
-  check_workdir(workdir)
-  if config.get('init_from'):
+  if config.init_from:
     pretrained.check_init_from(config.init_from, model)
+  _check_data_dir(config.data.data_dir)
   info = input_pipeline.get_dataset_info(config.data)
   if info.num_classes != config.model.num_classes:
     raise ValueError(f'model.num_classes {config.model.num_classes} does not match dataset '
                      f'{config.data.dataset!r}, which has {info.num_classes} classes; set '
                      f'--config.model.num_classes={info.num_classes}.')
+  check_resume(config, workdir, info.num_train_examples)
+  check_workdir(workdir)
   return info
