@@ -5,16 +5,9 @@
   and a 'label' (ClassLabel) feature, prepared beforehand in `data_dir` (None: the TFDS default,
   ~/tensorflow_datasets or $TFDS_DATA_DIR; gs:// paths work). Nothing is ever downloaded here.
   Splits accept TFDS slicing, e.g. train_split='train[:99%]', eval_split='train[99%:]'.
-- 'image_folder': the user's own images (JPEG, PNG, BMP or GIF; any size; grayscale is fine)
-  under `data_dir`, in one of two layouts:
-    data_dir/<train_split>/<class>/<image>, data_dir/<eval_split>/<class>/<image>
-      (e.g. train/ and validation/); the classes are the train split's subfolders, sorted;
-    data_dir/<class>/<image>: one pool; a fixed stratified hold-out of each class
-      (`folder_holdout_fraction`, chosen by a seeded shuffle of the sorted paths) is eval_split
-      and the rest is train_split.
-  Files are read at run time; nothing is converted or written. Every image is decoded once when
-  the folder is first listed: files that do not decode (truncated, corrupt, not images) and files
-  not named as images are skipped, counted in a WARNING, and training uses the rest.
+- 'image_folder': the user's own images (JPEG, PNG, BMP or GIF) under `data_dir`, one subfolder
+  per class, optionally under <train_split>/ and <eval_split>/ folders; image_folder.py says
+  which subfolders are classes and which files are skipped (broken, over `max_image_pixels`).
 - 'digits': scikit-learn's `load_digits` (1797 8x8 grayscale images of 10 digits, shipped inside
   the scikit-learn wheel), built once into `data_dir` as the TFDS dataset 'sklearn_digits' with a
   fixed stratified split: 'train' 1497 and 'test' 300 images (set eval_split='test').
@@ -23,19 +16,18 @@ A source hands the pipeline one process's shard of a split (`open_split`) as (ke
 a fixed order, where key is the encoded image (TFDS) or the image's path (folder); nothing is decoded,
 so the pipeline can shuffle and skip records before the expensive work.
 """
-import functools
 import os
 from typing import Callable, List, NamedTuple, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
-IMAGE_FOLDER = 'image_folder'
+from mnv3_jax.data import image_folder
+
+IMAGE_FOLDER = image_folder.NAME
 DIGITS = 'digits'
 _DIGITS_TFDS_NAME = 'sklearn_digits'
-_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 _IMAGENET_HELP = (
     'ImageNet cannot be downloaded automatically. Download ILSVRC2012_img_train.tar and '
     'ILSVRC2012_img_val.tar (https://image-net.org/download-images.php) into {manual}, then run '
@@ -145,104 +137,6 @@ def _tfds_num_examples(builder, split) -> int:
                      f'{list(builder.info.splits)}: {e}') from e
 
 
-@functools.lru_cache(maxsize=8)
-def _image_files(folder: str, classes: Tuple[str, ...]) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
-  """Paths and labels of the images that decode, in `folder`/<class>/; logs what it skipped."""
-  paths, labels, others = [], [], []
-  for label, name in enumerate(classes):
-    if not tf.io.gfile.isdir(os.path.join(folder, name)):
-      continue  # An eval split may lack some classes.
-    for f in sorted(tf.io.gfile.listdir(os.path.join(folder, name))):
-      path = os.path.join(folder, name, f)
-      if not f.lower().endswith(_IMAGE_EXTENSIONS):
-        others.append(path)
-      elif not tf.io.gfile.isdir(path):
-        paths.append(path)
-        labels.append(label)
-  readable = _readable(paths)
-  broken = [p for p, ok in zip(paths, readable) if not ok]
-  if others or broken:
-    logging.warning(
-        'image_folder %s: skipped %d of %d files: %d not named as images (%s), e.g. %s; %d that '
-        'do not decode, e.g. %s. Training on the %d others.', folder, len(others) + len(broken),
-        len(others) + len(paths), len(others), '/'.join(_IMAGE_EXTENSIONS), others[:3],
-        len(broken), broken[:3], len(paths) - len(broken))
-  return (tuple(p for p, ok in zip(paths, readable) if ok),
-          tuple(l for l, ok in zip(labels, readable) if ok))
-
-
-def _readable(paths: List[str]) -> np.ndarray:
-  """(len(paths),) bool: which files decode as images (one parallel pass that decodes each once).
-
-  The pipeline cannot skip a record that fails to decode without shifting every later batch
-  (which resuming relies on), so broken files are found before anything is trained.
-  """
-  if not paths:
-    return np.zeros(0, bool)
-
-  def decode(index, path):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return index, tf.size(image) > 0
-
-  ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(4096)
-  ok = np.zeros(len(paths), bool)
-  for indices, decoded in ds.as_numpy_iterator():
-    ok[indices] = decoded
-  return ok
-
-
-def _subfolders(folder: str) -> Tuple[str, ...]:
-  return tuple(sorted(f.rstrip('/') for f in tf.io.gfile.listdir(folder)
-                      if tf.io.gfile.isdir(os.path.join(folder, f))))
-
-
-@functools.lru_cache(maxsize=8)
-def _folder_split(root: str, split: str, train_split: str, eval_split: str,
-                  holdout: float) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray]:
-  """(classes, paths, labels) of a split of an image folder, in a fixed, class-mixed order."""
-  if split not in (train_split, eval_split):
-    raise ValueError(f'Split {split!r} of image_folder {root} must be train_split {train_split!r} '
-                     f'or eval_split {eval_split!r}.')
-  if not tf.io.gfile.isdir(root):
-    raise FileNotFoundError(f'image_folder data_dir {root!r} is not a folder.')
-  if tf.io.gfile.isdir(os.path.join(root, train_split)):
-    classes = _subfolders(os.path.join(root, train_split))
-    if not classes:
-      raise ValueError(f'{os.path.join(root, train_split)} has no class subfolders.')
-    if split == eval_split:
-      unknown = set(_subfolders(os.path.join(root, eval_split))) - set(classes)
-      if unknown:
-        raise ValueError(f'Classes {sorted(unknown)} of {os.path.join(root, eval_split)} are '
-                         f'not in {os.path.join(root, train_split)}.')
-    paths, labels = _image_files(os.path.join(root, split), classes)
-  else:
-    classes = _subfolders(root)
-    paths, labels = _image_files(root, classes)
-    rng = np.random.default_rng(0)
-    held_out = np.zeros(len(paths), bool)
-    for label in range(len(classes)):
-      members = np.flatnonzero(np.asarray(labels) == label)
-      held_out[rng.permutation(members)[:int(round(holdout * len(members)))]] = True
-    keep = held_out if split == eval_split else ~held_out
-    paths = [p for p, k in zip(paths, keep) if k]
-    labels = [l for l, k in zip(labels, keep) if k]
-  if not paths:
-    raise ValueError(f'No {"/".join(_IMAGE_EXTENSIONS)} images for split {split!r} in {root} '
-                     f'(classes: {list(classes)}).')
-  order = np.random.default_rng(1).permutation(len(paths))  # Mix classes across process shards.
-  return classes, np.asarray(paths)[order], np.asarray(labels, np.int64)[order]
-
-
-def _folder_args(data_config, split):
-  if not data_config.data_dir:
-    raise ValueError(f'Invalid config.data.data_dir {data_config.data_dir!r}: dataset='
-                     f'{IMAGE_FOLDER!r} needs a folder of class subfolders (or of split folders '
-                     'with class subfolders).')
-  return (os.fspath(data_config.data_dir), split, data_config.train_split,
-          data_config.eval_split, float(data_config.folder_holdout_fraction))
-
-
 def get_dataset_info(data_config) -> DatasetInfo:
   """Classes and split sizes of the configured dataset (builds 'digits' on first use).
 
@@ -250,8 +144,8 @@ def get_dataset_info(data_config) -> DatasetInfo:
   a TFDS dataset is not prepared (it never downloads); ValueError for unknown datasets or splits.
   """
   if data_config.dataset == IMAGE_FOLDER:
-    classes, train, _ = _folder_split(*_folder_args(data_config, data_config.train_split))
-    _, evals, _ = _folder_split(*_folder_args(data_config, data_config.eval_split))
+    classes, train, _ = image_folder.split(data_config, data_config.train_split)
+    _, evals, _ = image_folder.split(data_config, data_config.eval_split)
     return DatasetInfo(len(classes), len(train), len(evals))
   builder = _tfds_builder(data_config)
   return DatasetInfo(builder.info.features['label'].num_classes,
@@ -262,7 +156,7 @@ def get_dataset_info(data_config) -> DatasetInfo:
 def open_split(data_config, split: str, process_index: int, process_count: int) -> SplitSource:
   """This process's contiguous shard of `split` (as `tfds.even_splits`: sizes differ by <= 1)."""
   if data_config.dataset == IMAGE_FOLDER:
-    _, paths, labels = _folder_split(*_folder_args(data_config, split))
+    _, paths, labels = image_folder.split(data_config, split)
     sizes = _even_shard_sizes(len(paths), process_count)
     start = sum(sizes[:process_index])
     shard = slice(start, start + sizes[process_index])

@@ -22,6 +22,7 @@ from ml_collections import config_dict
 
 from mnv3_jax import defaults
 from mnv3_jax.data import datasets
+from mnv3_jax.data import image_folder
 # Re-exported: with the iterators below, the trainer's whole API to the data.
 from mnv3_jax.data.datasets import DatasetInfo, get_dataset_info  # pylint: disable=unused-import
 
@@ -58,6 +59,7 @@ def _check_config(cfg) -> None:
     bad('shuffle_buffer', 'need an int >= 1')
   if cfg.num_parallel_calls != AUTOTUNE and cfg.num_parallel_calls < 1:
     bad('num_parallel_calls', f'need an int >= 1 or {AUTOTUNE} (AUTOTUNE)')
+  image_folder.max_image_pixels(cfg)
 
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:

@@ -122,8 +122,9 @@ def _colours(batches):
 
 def test_cache_keeps_the_images_in_memory(tmp_path):
   _write_images(tmp_path / 'train' / 'a', [10, 20, 30])
+  _write_images(tmp_path / 'train' / 'b', [100, 110, 120])
   cfg = _config(str(tmp_path), dataset='image_folder', cache=True)
-  batches = input_pipeline.train_iterator(cfg, global_batch_size=3, seed=0, start_step=0,
+  batches = input_pipeline.train_iterator(cfg, global_batch_size=6, seed=0, start_step=0,
                                           process_index=0, process_count=1)
   first = _colours([next(batches)])
   shutil.rmtree(tmp_path / 'train')
@@ -171,13 +172,16 @@ def test_central_eval_crop_and_whole_image_train_crop(tmp_path, fmt):
   options = {'subsampling': 0} if fmt == 'jpg' else {}
   Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(path, **options)
   image = np.asarray(Image.open(path))
-  os.symlink(tmp_path / 'train', tmp_path / 'validation')
+  os.makedirs(tmp_path / 'validation')
+  os.symlink(tmp_path / 'train' / 'x', tmp_path / 'validation' / 'x')
+  _write_images(tmp_path / 'train' / 'y', [100])  # A second class (train only).
   cfg = _config(str(tmp_path), dataset='image_folder', image_size=8, eval_crop_fraction=0.5)
   (batch,) = _eval(cfg, batch=1)
   np.testing.assert_allclose(batch['image'][0], image[6:14, 4:12] / 127.5 - 1,
                              atol=(5 if fmt == 'jpg' else 1e-4) / 127.5)
   cfg.update(dict(crop_area_range=(1.0, 1.0), aspect_ratio_range=(0.8, 0.8), image_size=20))
-  rows = {tuple(b['image'][0, 0, :, 0]) for b in _train(cfg, steps=12, batch=1)}
+  rows = {tuple(b['image'][0, 0, :, 0]) for b in _train(cfg, steps=24, batch=1)
+          if b['label'][0] == 0}
   assert len(rows) == 2  # The whole image (no other crop has area 1), flipped or not.
   first, second = map(np.array, rows)
   np.testing.assert_array_equal(first, second[::-1])
