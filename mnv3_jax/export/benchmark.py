@@ -20,7 +20,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mnv3_jax import cli_errors
 from mnv3_jax.data import input_pipeline
+from mnv3_jax.train import console
 
 _WARMUP = 10
 
@@ -112,6 +114,8 @@ def _define_flags():
   flags.DEFINE_integer('threads', 1, 'Interpreter CPU threads.')
   flags.DEFINE_integer('runs', 100, 'Timed invocations per model (after 10 warm-up ones).')
   flags.DEFINE_bool('top1', True, 'Also measure top-1 on the eval split.')
+  flags.DEFINE_bool('library_logs', False, 'Also print the INFO logging of orbax, TFDS, absl and '
+                    'TensorFlow\'s start-up (hidden by default; warnings and errors always show).')
   config_flags.DEFINE_config_file('config', None, 'Data config (configs/*.py) instead of the '
                                   'export\'s.', lock_config=False)
 
@@ -119,6 +123,8 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.library_logs:
+    console.quiet_libraries()
   results = benchmark(FLAGS.export_dir, runs=FLAGS.runs, threads=FLAGS.threads,
                       data_config=FLAGS.config.data if FLAGS.config else None,
                       measure_top1=FLAGS.top1)
@@ -129,7 +135,7 @@ def main(argv):
 def cli():
   """The console entry point."""
   _define_flags()
-  app.run(main)
+  cli_errors.run(main)
 
 
 if __name__ == '__main__':

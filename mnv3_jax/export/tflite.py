@@ -15,7 +15,10 @@ for a checkpoint). The depthwise convs are exported as grouped convolutions (dep
 The exported models take float32 NHWC RGB images in [-1, 1] (x / 127.5 - 1 of uint8 pixels) of
 the fixed size (batch_size, S, S, 3) and return float32 logits (batch_size, classes); the int8
 model quantizes and dequantizes inside. `out/export.json` records the source, shapes, file sizes,
-the data config, and the float32 TFLite model's largest logit difference from Flax.
+the data config, and the float32 TFLite model's largest logit difference from Flax, which must be
+finite and <= FLOAT_TOLERANCE (checked before the int8 conversion; non-finite weights are refused
+before anything runs). `out` must be new or an empty directory; the export is written beside it and
+renamed to `out` when complete, so a failed or interrupted export leaves no `out` (`staging`).
 """
 import json
 import os
@@ -26,19 +29,24 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import linen as nn
+from flax import traverse_util
 from jax import lax
 from ml_collections import config_flags
 
+from mnv3_jax import cli_errors
 from mnv3_jax.data import input_pipeline
+from mnv3_jax.export import staging
 from mnv3_jax.ops import pointwise
 from mnv3_jax.interop import pretrained
+from mnv3_jax.train import console
 from mnv3_jax import model as model_lib
 
 FLOAT_FILE, INT8_FILE, SAVED_MODEL, INFO_FILE = (
     'model_float32.tflite', 'model_int8.tflite', 'saved_model', 'export.json')
 INPUT_DOC = 'float32 (N, S, S, 3) RGB in [-1, 1] (uint8 pixels / 127.5 - 1)'
 _PARITY_IMAGES = 4
-
+# Largest allowed max|TFLite - Flax| / max|Flax| of the float32 model's logits (1e-6 measured).
+FLOAT_TOLERANCE = 1e-4
 
 
 def export_model(model: model_lib.MobileNetV3) -> model_lib.MobileNetV3:
@@ -109,8 +117,7 @@ def to_tflite(saved_model: str, representative: Optional[Callable[[], Iterator]]
 
 def calibration_data(data_config, num_images: int, batch_size: int, seed: int = 0):
   """A representative dataset: `num_images` augmented training images in batches of batch_size."""
-  if num_images < batch_size:
-    raise ValueError(f'calibration_images={num_images} must be >= batch_size={batch_size}.')
+  _check_calibration(num_images, batch_size)
 
   def generate():
     batches = input_pipeline.train_iterator(data_config, global_batch_size=batch_size, seed=seed,
@@ -120,8 +127,47 @@ def calibration_data(data_config, num_images: int, batch_size: int, seed: int = 
   return generate
 
 
-def _relative_diff(out: np.ndarray, ref: np.ndarray) -> float:
-  return float(np.abs(out - ref).max() / np.abs(ref).max())
+def _check_calibration(num_images: int, batch_size: int) -> None:
+  if num_images < batch_size:
+    raise ValueError(f'calibration_images={num_images} must be >= batch_size={batch_size}.')
+
+
+def check_finite(variables: Dict[str, Any], source: str) -> None:
+  """Raises ValueError naming the arrays of `variables` that hold NaN or infinite values."""
+  bad = [f'{name}: {np.isnan(a).sum()} NaN, {np.isinf(a).sum()} inf of {a.size}'
+         for name, a in traverse_util.flatten_dict(variables, sep='/').items()
+         if not np.isfinite(a).all()]
+  if bad:
+    raise ValueError(f'The weights of {source} are not finite ({len(bad)} arrays, e.g. '
+                     f'{"; ".join(bad[:3])}): a damaged checkpoint? Nothing exported.')
+
+
+def relative_diff(out: np.ndarray, ref: np.ndarray) -> float:
+  """max|out - ref| / max|ref|: NaN when either holds NaN or both the same infinity."""
+  with np.errstate(invalid='ignore', over='ignore'):
+    return float(np.abs(out - ref).max()
+                 / np.maximum(np.abs(ref).max(), np.finfo(np.float32).tiny))
+
+
+def check_float32(path: str, model: model_lib.MobileNetV3, variables: Dict[str, Any],
+                  source: str) -> float:
+  """max|TFLite - Flax| / max|Flax| of the float32 model at `path` on random inputs; raises
+  ValueError naming both and the tolerance unless it is finite and <= FLOAT_TOLERANCE."""
+  from mnv3_jax.export import benchmark  # pylint: disable=g-import-not-at-top
+  interp = benchmark.interpreter(path)
+  shape = interp.get_input_details()[0]['shape']
+  x = np.random.default_rng(0).uniform(-1, 1, (max(_PARITY_IMAGES // shape[0], 1) * shape[0],
+                                                *shape[1:])).astype(np.float32)
+  reference = model.clone(dtype='float32')
+  flax_logits = np.asarray(jax.jit(lambda v, x: reference.apply(v, x, train=False))(variables, x))
+  diff = relative_diff(benchmark.predict(interp, x), flax_logits)
+  if not diff <= FLOAT_TOLERANCE:   # NaN fails too
+    why = ('' if np.isfinite(flax_logits).all() else ' Flax\'s own logits are not finite: the '
+           'weights overflow, or a BatchNorm variance is negative.')
+    raise ValueError(f'Export of {source} failed its float32 check: {os.path.basename(path)}\'s '
+                     f'logits differ from Flax\'s by {diff:.3g} (max relative; allowed: finite '
+                     f'and <= {FLOAT_TOLERANCE:g}).{why} Nothing exported.')
+  return diff
 
 
 def export(model: model_lib.MobileNetV3, variables: Dict[str, Any], out: str, *,
@@ -129,48 +175,47 @@ def export(model: model_lib.MobileNetV3, variables: Dict[str, Any], out: str, *,
            calibration_images: int = 200, source: str = '') -> Dict[str, Any]:
   """Writes out/saved_model, out/model_float32.tflite [, out/model_int8.tflite], out/export.json.
 
+  All or nothing (`staging`): `out` must be new or empty and appears only when the export is
+  complete. Raises ValueError, before any compute, on bad arguments or non-finite weights, and
+  after the float32 conversion when its logits are not within FLOAT_TOLERANCE of Flax's.
   data_config: the input pipeline's config (needed for int8: calibration images of size
   `image_size`); recorded for `benchmark_tflite`. Returns the export.json content.
   """
-  from mnv3_jax.export import benchmark  # pylint: disable=g-import-not-at-top
+  staging.check_out(out)
+  name = source or 'the export source'
   if int8 and data_config is None:
     raise ValueError('int8 export needs a data config for its calibration images (--config).')
-  if os.path.exists(out) and os.listdir(out):
-    raise ValueError(f'{out} exists and is not empty; choose a new directory.')
-  pretrained.check_fits(jax.tree.map(np.shape, variables), model, source or 'the export source')
-  os.makedirs(out, exist_ok=True)
-  saved_model = os.path.join(out, SAVED_MODEL)
-  to_saved_model(model, variables, saved_model, image_size, batch_size)
-  files = {'float32': os.path.join(out, FLOAT_FILE)}
-  with open(files['float32'], 'wb') as f:
-    f.write(to_tflite(saved_model))
   if int8:
-    data_config = ml_collections.ConfigDict(data_config).copy_and_resolve_references()
-    data_config.image_size = image_size
-    files['int8'] = os.path.join(out, INT8_FILE)
-    with open(files['int8'], 'wb') as f:
-      f.write(to_tflite(saved_model, calibration_data(data_config, calibration_images,
-                                                      batch_size)))
-  x = np.random.default_rng(0).uniform(-1, 1, (_PARITY_IMAGES, image_size, image_size, 3))
-  x = x.astype(np.float32)[:batch_size * (_PARITY_IMAGES // batch_size or 1)]
-  reference = model.clone(dtype='float32')
-  flax_logits = np.asarray(jax.jit(lambda v, x: reference.apply(v, x, train=False))(variables, x))
-  tflite_logits = benchmark.predict(files['float32'], x)
-  info = {
-      'source': source, 'model': pretrained.model_options(export_model(model)),
-      'input': INPUT_DOC.replace('N', str(batch_size)).replace('S', str(image_size)),
-      'image_size': image_size, 'batch_size': batch_size,
-      'files': {k: os.path.basename(v) for k, v in files.items()},
-      'bytes': {k: os.path.getsize(v) for k, v in files.items()},
-      'float32_max_rel_diff_vs_flax': _relative_diff(tflite_logits, flax_logits),
-      'data': None if data_config is None else ml_collections.ConfigDict(data_config).to_dict(),
-  }
-  with open(os.path.join(out, INFO_FILE), 'w') as f:
-    json.dump(info, f, indent=2, default=str)
+    _check_calibration(calibration_images, batch_size)
+  model_lib.check_input_shape((batch_size, image_size, image_size, 3))
+  pretrained.check_fits(jax.tree.map(np.shape, variables), model, name)
+  check_finite(variables, name)
+  with staging.staged(out) as tmp:
+    saved_model = os.path.join(tmp, SAVED_MODEL)
+    to_saved_model(model, variables, saved_model, image_size, batch_size)
+    files = {'float32': os.path.join(tmp, FLOAT_FILE)}
+    with open(files['float32'], 'wb') as f:
+      f.write(to_tflite(saved_model))
+    diff = check_float32(files['float32'], model, variables, name)
+    if int8:
+      data_config = ml_collections.ConfigDict(data_config).copy_and_resolve_references()
+      data_config.image_size = image_size
+      files['int8'] = os.path.join(tmp, INT8_FILE)
+      with open(files['int8'], 'wb') as f:
+        f.write(to_tflite(saved_model, calibration_data(data_config, calibration_images,
+                                                        batch_size)))
+    info = {
+        'source': source, 'model': pretrained.model_options(export_model(model)),
+        'input': INPUT_DOC.replace('N', str(batch_size)).replace('S', str(image_size)),
+        'image_size': image_size, 'batch_size': batch_size,
+        'files': {k: os.path.basename(v) for k, v in files.items()},
+        'bytes': {k: os.path.getsize(v) for k, v in files.items()},
+        'float32_max_rel_diff_vs_flax': diff,
+        'data': None if data_config is None else ml_collections.ConfigDict(data_config).to_dict(),
+    }
+    with open(os.path.join(tmp, INFO_FILE), 'w') as f:
+      json.dump(info, f, indent=2, default=str)
   logging.info('Exported %s to %s: %s', source, out, info['bytes'])
-  if info['float32_max_rel_diff_vs_flax'] > 1e-4:
-    logging.warning('Float32 TFLite logits differ from Flax by %.2e (relative).',
-                    info['float32_max_rel_diff_vs_flax'])
   return info
 
 FLAGS = flags.FLAGS
@@ -188,15 +233,27 @@ def _define_flags():
   flags.DEFINE_integer('image_size', 0, 'Input side S; 0: the data config\'s image_size.')
   flags.DEFINE_integer('batch_size', 1, 'Fixed batch size of the exported models.')
   flags.DEFINE_integer('calibration_images', 200, 'Training images for int8 calibration.')
+  flags.DEFINE_bool('library_logs', False, 'Also print the INFO logging of orbax, TFDS, absl and '
+                    'TensorFlow\'s start-up (hidden by default; warnings and errors always show).')
   config_flags.DEFINE_config_file('config', None, 'Data config for --checkpoint (configs/*.py); '
                                   'overrides the workdir\'s config.json.', lock_config=False)
+
+
+def _quiet_tensorflow() -> None:
+  """Hides the INFO lines of TensorFlow's SavedModel writer (its C++ ones: `mnv3_jax.export`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.get_logger().setLevel('WARNING')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.library_logs:
+    console.quiet_libraries()
+    _quiet_tensorflow()
   if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
     raise app.UsageError('Pass exactly one of --workdir and --checkpoint.')
+  staging.check_out(FLAGS.out)
   source = FLAGS.workdir or FLAGS.checkpoint
   variables, options, data = pretrained.load(source, FLAGS.weights)
   if FLAGS.config is not None:
@@ -214,7 +271,7 @@ def main(argv):
 def cli():
   """The console entry point."""
   _define_flags()
-  app.run(main)
+  cli_errors.run(main)
 
 
 if __name__ == '__main__':

@@ -4,9 +4,13 @@ One export (Small, 10 classes, 32x32) is shared by the tests of this file. Its w
 here for a few seconds on the digits' train split (~85-93% top-1 on the 300 test digits), so that
 its predictions vary with the input and an int8 model can be held to the float one's predictions
 (random weights give near-constant or input-insensitive logits that any broken export matches).
+That export is the rerun of one whose int8 conversion failed (TF's converter patched to raise),
+which must have left nothing behind.
 """
+import contextlib
 import json
 import os
+import re
 import time
 
 import jax
@@ -86,16 +90,57 @@ def model_and_variables(data_config):
   return model, jax.tree.map(np.asarray, {'params': params, 'batch_stats': stats})
 
 
+@contextlib.contextmanager
+def failing_int8_conversion():
+  """A context in which TFLite's int8 conversions (those given a representative dataset) raise
+  after reading their first calibration batch, and float32 ones convert as usual."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from_saved_model = tf.lite.TFLiteConverter.from_saved_model
+
+  def failing_converter(*args, **kwargs):
+    converter = from_saved_model(*args, **kwargs)
+    convert = converter.convert
+
+    def convert_or_fail():
+      if converter.representative_dataset is None:
+        return convert()
+      next(iter(converter.representative_dataset()))
+      raise RuntimeError('int8 conversion failed (injected)')
+    converter.convert = convert_or_fail
+    return converter
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tf.lite.TFLiteConverter, 'from_saved_model', failing_converter)
+    yield
+
+
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory, model_and_variables, data_config):
-  out = str(tmp_path_factory.mktemp('export') / 'out')
-  info = tflite.export(*model_and_variables, out, image_size=SIZE, data_config=data_config,
-                       int8=True, calibration_images=16, source='test')
-  return out, info
+  """The shared export, made by rerunning an export whose int8 conversion failed.
+
+  Returns (out, export.json's content, what the failed export left in out's parent folder).
+  """
+  parent = tmp_path_factory.mktemp('export')
+  out = str(parent / 'out')
+  args = dict(image_size=SIZE, data_config=data_config, int8=True, calibration_images=16,
+              source='test')
+  with failing_int8_conversion(), pytest.raises(RuntimeError, match='injected'):
+    tflite.export(*model_and_variables, out, **args)
+  left = sorted(os.listdir(parent))
+  info = tflite.export(*model_and_variables, out, **args)
+  return out, info, left
+
+
+def test_failed_export_leaves_nothing_and_its_rerun_succeeds(exported):
+  out, info, left = exported
+  assert left == []   # no half-written out, no out.tmp-<pid>
+  assert sorted(os.listdir(os.path.dirname(out))) == ['out']
+  assert sorted(os.listdir(out)) == sorted([tflite.SAVED_MODEL, tflite.FLOAT_FILE,
+                                            tflite.INT8_FILE, tflite.INFO_FILE])
+  assert info['bytes']['int8'] == os.path.getsize(os.path.join(out, tflite.INT8_FILE)) > 0
 
 
 def test_float_tflite_matches_flax(exported, model_and_variables, data_config):
-  out, info = exported
+  out, info, _ = exported
   model, variables = model_and_variables
   digits = next(input_pipeline.eval_iterator(data_config, global_batch_size=8, process_index=0,
                                              process_count=1))['image']
@@ -119,7 +164,7 @@ def held_out_predictions(exported, model_and_variables, held_out):
 
 
 def test_int8_model_is_quantized_and_agrees_with_float(exported, held_out, held_out_predictions):
-  out, info = exported
+  out, info, _ = exported
   path = os.path.join(out, tflite.INT8_FILE)
   interp = benchmark.interpreter(path)
   details = interp.get_tensor_details()
@@ -177,7 +222,7 @@ def test_benchmark_reports_both_models(exported, held_out, held_out_predictions)
   assert abs(results['float32']['top1'] - flax_top1) <= 1 / 300
 
 
-def test_export_checks_its_inputs(tmp_path, exported, model_and_variables):
+def test_export_checks_its_inputs(tmp_path, exported, model_and_variables, data_config):
   model, variables = model_and_variables
   with pytest.raises(ValueError, match='int8 export needs a data config'):
     tflite.export(model, variables, str(tmp_path / 'a'), image_size=SIZE, int8=True)
@@ -186,6 +231,28 @@ def test_export_checks_its_inputs(tmp_path, exported, model_and_variables):
   with pytest.raises(ValueError, match=r'do not fit the model .*logits/kernel: weights '
                      r'\(1024, 10\), model \(1024, 5\)'):
     tflite.export(model.clone(num_classes=5), variables, str(tmp_path / 'b'), image_size=SIZE)
+  with pytest.raises(ValueError, match='calibration_images=0 must be >= batch_size=1'):
+    tflite.export(model, variables, str(tmp_path / 'c'), image_size=SIZE, int8=True,
+                  data_config=data_config, calibration_images=0)
+  (tmp_path / 'afile').write_text('')
+  with pytest.raises(ValueError, match='is a file, not a directory'):
+    tflite.export(model, variables, str(tmp_path / 'afile'), image_size=SIZE)
+  assert os.listdir(tmp_path) == ['afile']
+
+
+def test_export_fails_when_its_float_check_is_not_finite(tmp_path, model_and_variables):
+  """Finite weights whose logits overflow: float32's max is 3.4e38, so 1e38 classifier weights
+  times ~1024 penultimate activations give +-inf, and inf - inf = NaN in the float check."""
+  model, variables = model_and_variables
+  variables = jax.tree.map(np.copy, variables)
+  variables['params']['logits']['kernel'][:] = 1e38
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match=re.escape(
+      f"Export of test failed its float32 check: {tflite.FLOAT_FILE}'s logits differ from "
+      f"Flax's by nan (max relative; allowed: finite and <= 0.0001). Flax's own logits are not "
+      "finite: the weights overflow, or a BatchNorm variance is negative. Nothing exported.")):
+    tflite.export(model, variables, str(out), image_size=SIZE, source='test')
+  assert os.listdir(tmp_path) == []
 
 
 def test_training_workdir_loads_best_ema_weights(tmp_path, data_config):
