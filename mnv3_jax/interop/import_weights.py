@@ -18,6 +18,7 @@ from mnv3_jax.interop import keras_weights
 from mnv3_jax.interop import torch_weights
 from mnv3_jax.interop import pretrained
 from mnv3_jax import model as model_lib
+from mnv3_jax.train import console
 
 FORMATS = (*torch_weights.FORMATS, 'keras')
 _KERAS_OPTIONS = dict(padding='same', bn_epsilon=1e-3)
@@ -81,6 +82,8 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.format == 'keras':
+    console.import_tensorflow_quietly()   # Keras' TensorFlow, without its C++ start-up lines
   model = import_weights(FLAGS.source, FLAGS.format, FLAGS.out, FLAGS.key, variant=FLAGS.variant,
                          width=FLAGS.width, minimalistic=FLAGS.minimalistic,
                          num_classes=FLAGS.num_classes,
