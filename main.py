@@ -7,6 +7,9 @@ r"""Trains and evaluates MobileNetV3.
 On a TPU pod, under SLURM or with --coordinator_address/--num_processes/--process_id (or the
 MNV3_* environment variables) every process runs this same command: see launch/ and
 docs/MULTIHOST.md.
+
+A user error ends in one line on stderr, `error: ...`, with status 2; MNV3_TRACEBACK=1 (or -v 1)
+also prints its traceback (mnv3_jax/cli_errors.py).
 """
 from mnv3_jax import runtime
 

@@ -112,7 +112,8 @@ def results(tmp_path_factory):
   data = demo.demo_config().data
   data.data_dir = str(root / 'tfds')
   input_pipeline.get_dataset_info(data)    # builds the digits there once, not in each process
-  names = {'D': data.data_dir, 'F': str(root / 'a_file'), 'PTH': str(root / 'cut.pth'), 'H5': str(root / 'bad.h5')}
+  names = {'D': data.data_dir, 'F': str(root / 'a_file'), 'PTH': str(root / 'cut.pth'),
+           'H5': str(root / 'bad.h5')}
   Path(names['F']).write_text('not a folder\n')
   torch.save({'w': torch.zeros(1000)}, root / 'full.pth')
   Path(names['PTH']).write_bytes((root / 'full.pth').read_bytes()[:2000])

@@ -9,6 +9,8 @@ r"""Converts published MobileNetV3 weights into a variables checkpoint for train
 
 Formats: torchvision, timm, timm_tf (see mnv3_jax/interop/torch_weights.py) and keras (.keras, .h5,
 .weights.h5; mnv3_jax/interop/keras_weights.py). Nothing is downloaded: pass a file you have.
+A user error ends in one line on stderr, `error: ...`, with status 2; MNV3_TRACEBACK=1 (or -v 1)
+also prints its traceback (mnv3_jax/cli_errors.py).
 """
 from absl import app, flags
 from etils import epath
@@ -18,7 +20,6 @@ from mnv3_jax.interop import keras_weights
 from mnv3_jax.interop import torch_weights
 from mnv3_jax.interop import pretrained
 from mnv3_jax import model as model_lib
-from mnv3_jax.train import console
 
 FORMATS = (*torch_weights.FORMATS, 'keras')
 _KERAS_OPTIONS = dict(padding='same', bn_epsilon=1e-3)
@@ -83,7 +84,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.format == 'keras':
-    console.import_tensorflow_quietly()   # Keras' TensorFlow, without its C++ start-up lines
+    cli_errors.import_tensorflow_quietly()   # Keras' TensorFlow, without its C++ start-up lines
   model = import_weights(FLAGS.source, FLAGS.format, FLAGS.out, FLAGS.key, variant=FLAGS.variant,
                          width=FLAGS.width, minimalistic=FLAGS.minimalistic,
                          num_classes=FLAGS.num_classes,

@@ -14,6 +14,8 @@ MAC convention (multiply-accumulates per image, as the paper's "MAdds"):
 Usage:
   python -m mnv3_jax.model.summary --variant large --width 1.0 --resolution 224
   python -m mnv3_jax.model.summary --variant small --resolution 224x160 --no-se --json
+A bad option ends in one line on stderr, `error: ...`, with status 2 (MNV3_TRACEBACK=1 adds the
+traceback).
 """
 import argparse
 import json
