@@ -107,8 +107,9 @@ def read_step_dir(step_dir) -> Any:
     raise ValueError(f'{step_dir} is not a checkpoint step directory (<dir>/<step number>).')
   manager = ocp.CheckpointManager(
       step_dir.parent, handler_registry=handler_registry(),
+      # Not read_only=True: orbax then warns of every option it ignores. Only `read` is called.
       options=ocp.CheckpointManagerOptions(
-          read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+          create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
               barrier_sync_key_prefix='mnv3_jax_read')))
   try:
     return read(manager, int(step_dir.name))

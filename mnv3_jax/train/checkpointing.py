@@ -213,6 +213,15 @@ class Checkpointer:
   def _managers(self) -> list[ocp.CheckpointManager]:
     return [self._latest] + ([self._best] if self._best is not None else [])
 
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError if a background save has failed (without waiting for any)."""
+    for manager in self._managers():
+      try:
+        manager.check_for_errors()
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointWriteError(f'Could not save a checkpoint in {manager.directory}: '
+                                   f'{train_state.reason(e)}') from e
+
   def wait_until_finished(self) -> None:
     """Blocks until background saves (and their garbage collection) are done; raises
     CheckpointWriteError if one failed."""

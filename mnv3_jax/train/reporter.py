@@ -90,14 +90,18 @@ class Reporter:
          100 * metrics['top1'], metrics['learning_rate'], speed)
 
   def evaluation(self, step: int, metrics: Mapping[str, float], best: bool,
-                 saved: Sequence[str], seconds: float, with_compile: bool = False) -> None:
-    """One line per evaluation: raw and EMA top-1, whether it is the best, what was saved."""
+                 saved: Sequence[str], seconds: float, with_compile: bool = False,
+                 save_seconds: float = 0.0) -> None:
+    """One line per evaluation: raw and EMA top-1, whether it is the best, what was saved (and
+    how long starting the saves took, when it took a second or more)."""
     self._last_line = self._clock()
+    saving = f'  saved {", ".join(saved)}' if saved else ''
+    if saved and save_seconds >= 1:
+      saving += f' in {save_seconds:.1f} s'
     _log('eval step %*d/%d  top1 %.1f%%  EMA top1 %.1f%%%s  %d images in %.1f s%s%s',
          self._width, step, self.total_steps, 100 * metrics['eval_top1'],
          100 * metrics['ema_top1'], ' (best)' if best else '', metrics['eval_count'], seconds,
-         ' (with compile)' if with_compile else '',
-         f'  saved {", ".join(saved)}' if saved else '')
+         ' (with compile)' if with_compile else '', saving)
 
   def stopped(self, step: int, why: str, saved: str) -> None:
     logging.warning('stopped at step %d (%s); checkpoint %s. Rerun the same command to resume.',

@@ -37,6 +37,6 @@ def lines(model: MobileNetV3, config: ml_collections.ConfigDict, info: DatasetIn
       f'{info.num_eval_examples} examples; global batch {config.batch_size} on {devices} '
       f'device{"s" * (devices > 1)} ({hosts} host{"s" * (hosts > 1)}, '
       f'{jax.devices()[0].platform})',
-      f'{total_steps} steps ({steps_per_epoch} per epoch, {epochs:g} epochs), {start} in '
+      f'{total_steps} steps ({steps_per_epoch} per epoch, {epochs:.3g} epochs), {start} in '
       f'{workdir}',
   ]

@@ -10,6 +10,7 @@ import time
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
@@ -21,7 +22,7 @@ from mnv3_jax.interop import pretrained
 from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import (checkpointing, optim, preflight, reporter, run_header, steps,
-                            stop_signals)
+                            stop_signals, workdir_lock)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -89,11 +90,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   """
   mesh = sharding.make_mesh()
   info = preflight.check_config(config, workdir, mesh)
-  stop = stop_signals.StopFlag()     # before the first compile, which may take minutes
+  with _lock_workdir(workdir):
+    stop = stop_signals.StopFlag()     # before the first compile, which may take minutes
+    try:
+      return _train_and_evaluate(config, workdir, mesh, info, stop)
+    finally:
+      stop.restore()
+
+
+def _lock_workdir(workdir: str) -> workdir_lock.Lock:
+  """Process 0 locks `workdir`; if it is busy, every process raises WorkdirBusyError together."""
+  busy = None
   try:
-    return _train_and_evaluate(config, workdir, mesh, info, stop)
-  finally:
-    stop.restore()
+    lock = workdir_lock.acquire(workdir, process_index=jax.process_index())
+  except workdir_lock.WorkdirBusyError as e:
+    lock, busy = workdir_lock.Lock(), e
+  if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(busy is not None)):
+    busy = busy or workdir_lock.WorkdirBusyError(
+        f'workdir {workdir} is in use by another training run (process 0 holds no lock on it).',
+        {}, '')
+  if busy is not None:
+    raise busy
+  return lock
 
 
 def _train_and_evaluate(config, workdir, mesh, info, stop) -> Optional[dict]:
@@ -163,6 +181,7 @@ def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workd
       compiled()
       report.start_timing(step)
     stop.trained()
+    ckpt.check_for_errors()         # a failed background save ends the run now, not at the next
     if previous is not None:
       check_finite(*previous)       # one step behind: keeps the dispatch queue full
     previous = (step, metrics)
@@ -194,14 +213,16 @@ def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workd
       writer.write_scalars(step, eval_metrics)
       best = ckpt.best()
       is_best = best is None or eval_metrics['ema_top1'] > best[0]
-      if ckpt.save_best(step, state, eval_metrics):
-        saved.append(f'best/{step}')
+    started = time.monotonic()
+    if evaluated and ckpt.save_best(step, state, eval_metrics):
+      saved.append(f'best/{step}')
     if step % config.checkpoint_every_steps == 0 or last or stopping:
       check_finite(step, metrics)
       if ckpt.save(step, state, force=last or stopping):
         saved.insert(0, f'checkpoints/{step}')
     if evaluated:
-      report.evaluation(step, eval_metrics, is_best, saved, seconds, with_compile=first_eval)
+      report.evaluation(step, eval_metrics, is_best, saved, seconds, with_compile=first_eval,
+                        save_seconds=time.monotonic() - started)
     if stopping:
       report.stopped(step, 'stop requested' if stop.raised else 'preemption notice',
                      f'{workdir}/checkpoints/{step}')

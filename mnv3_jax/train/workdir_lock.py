@@ -48,8 +48,10 @@ _READ_TRIES = 20          # a holder writes its description just after locking: 
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
-class WorkdirBusyError(RuntimeError):
-  """Another run holds the workdir's lock. `holder` is its description (a dict, maybe empty)."""
+class WorkdirBusyError(ValueError):
+  """Another run holds the workdir's lock (a ValueError: the CLIs report it in one line).
+
+  `holder` is its description (a dict, maybe empty)."""
 
   def __init__(self, message: str, holder: dict, lock_path: str):
     super().__init__(message)
