@@ -16,9 +16,10 @@ from mnv3_jax import runtime
 runtime.use_tcmalloc()   # re-executes with tcmalloc preloaded, before jax allocates anything
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import os
 import sys
 
-from mnv3_jax.train import console
+from mnv3_jax import console
 
 if not any(a.startswith(('--library_logs', '-library_logs')) for a in sys.argv[1:]):
   console.import_tensorflow_quietly()   # before anything imports TensorFlow
@@ -29,7 +30,7 @@ from ml_collections import config_flags
 
 from mnv3_jax import cli_errors
 from mnv3_jax.parallel import distributed
-from mnv3_jax.train import trainer
+from mnv3_jax.train import checkpointing, trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events and config go.')
@@ -57,10 +58,18 @@ def main(argv):
     console.quiet_libraries()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.heartbeat_timeout_s)   # before anything touches a device
-  logging.info('JAX process %d of %d; %d local / %d global devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+  if jax.process_count() > 1:
+    logging.info('JAX process %d of %d; %d local / %d global devices: %s', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   with distributed.fail_fast():
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except checkpointing.CheckpointWriteError as e:
+      # orbax's threads of the failed save wait minutes for signals that never come, and Python
+      # waits for them at exit: report and end now (the lock and the writers are released).
+      cli_errors.report(e)
+      logging.flush()
+      os._exit(1)   # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -12,9 +12,6 @@ The full traceback of a user error is printed too (before its `error:` line) wit
   argparse CLIs: parser = cli_errors.ArgumentParser(...)  # usage errors: one line, exit 2
                  sys.exit(cli_errors.one_line_errors(main)())     # errors of main: one line
 
-`import_tensorflow_quietly` keeps TensorFlow's C++ start-up lines off stderr, so that the one line
-is all there is.
-
 For absl CLIs `run` also parses the flags: bad flags, a config file (ml_collections config_flags)
 that cannot be loaded, and a `--config.<field>` that names no field of the config are reported in
 one line, at parse time (before `main` runs).
@@ -25,7 +22,6 @@ import functools
 import os
 import re
 import sys
-import tempfile
 import traceback
 from typing import Callable, Optional, Sequence
 
@@ -177,33 +173,3 @@ def parse_flags(argv: Sequence[str]) -> list:
 def run(main: Callable, argv: Optional[Sequence[str]] = None) -> None:
   """`app.run(main)` with one-line user errors, at flag parsing and in `main`; exits."""
   app.run(one_line_errors(main), argv=argv, flags_parser=parse_flags)
-
-
-_NATIVE_NOISE = ('WARNING: All log messages before absl::InitializeLog() is called',
-                 'port.cc:', 'cpu_feature_guard.cc:', 'To enable the following instructions:')
-
-
-def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow with its C++ start-up INFO lines (oneDNN, CPU features) dropped.
-
-  TensorFlow prints them to file descriptor 2 before its logging is configured, so neither
-  TF_CPP_MIN_LOG_LEVEL nor a Python filter reaches them; anything else it prints is passed on.
-  Later C++ INFO lines are hidden by TF_CPP_MIN_LOG_LEVEL=1 (unless the environment sets it).
-  """
-  if 'tensorflow' in sys.modules:
-    return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode(errors='replace').splitlines(keepends=True):
-        if not any(noise in line for noise in _NATIVE_NOISE):
-          sys.stderr.write(line)
-      sys.stderr.flush()

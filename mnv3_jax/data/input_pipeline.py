@@ -37,7 +37,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       k: config_dict.placeholder(str) if v is None else v for k, v in defaults.DATA.items()})
 
 
-def _check_config(cfg) -> None:
+def check_config(cfg) -> None:
   """Raises ValueError naming the first bad field of `cfg` (a data config) and what is allowed."""
   def bad(field, allowed):
     raise ValueError(f'config.data.{field}={cfg[field]!r} is invalid: {allowed}.')
@@ -136,7 +136,7 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
   for the determinism guarantees. Step k covers this shard's examples k*B .. (k+1)*B - 1 of the
   endless sequence of epochs.
   """
-  _check_config(data_config)
+  check_config(data_config)
   batch_size = _local_batch_size(global_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
@@ -188,7 +188,7 @@ def eval_iterator(data_config, *, global_batch_size: int, process_index: int,
   examples and 0 for padding (zero label, image -1). Every process yields
   ceil(max shard size / B) batches, and over all processes each example appears once with mask 1.
   """
-  _check_config(data_config)
+  check_config(data_config)
   batch_size = _local_batch_size(global_batch_size, process_index, process_count)
   cfg = data_config
   source = datasets.open_split(cfg, cfg.eval_split, process_index, process_count)

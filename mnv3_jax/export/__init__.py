@@ -9,7 +9,7 @@ TFLite converter prints a dozen per model): both would bury what these command l
 import os
 import sys
 
-from mnv3_jax.train import console
+from mnv3_jax import console
 
 if not any(a.startswith(('--library_logs', '-library_logs')) for a in sys.argv[1:]):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')   # read once, when TensorFlow loads

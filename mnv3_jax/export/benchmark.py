@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from mnv3_jax import cli_errors
 from mnv3_jax.data import input_pipeline
-from mnv3_jax.train import console
+from mnv3_jax import console
 
 _WARMUP = 10
 

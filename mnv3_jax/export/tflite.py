@@ -38,7 +38,7 @@ from mnv3_jax.data import input_pipeline
 from mnv3_jax.export import staging
 from mnv3_jax.ops import pointwise
 from mnv3_jax.interop import pretrained
-from mnv3_jax.train import console
+from mnv3_jax import console
 from mnv3_jax import model as model_lib
 
 FLOAT_FILE, INT8_FILE, SAVED_MODEL, INFO_FILE = (

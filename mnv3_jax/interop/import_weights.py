@@ -15,7 +15,7 @@ also prints its traceback (mnv3_jax/cli_errors.py).
 from absl import app, flags
 from etils import epath
 
-from mnv3_jax import cli_errors
+from mnv3_jax import cli_errors, console
 from mnv3_jax.interop import keras_weights
 from mnv3_jax.interop import torch_weights
 from mnv3_jax.interop import pretrained
@@ -84,7 +84,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.format == 'keras':
-    cli_errors.import_tensorflow_quietly()   # Keras' TensorFlow, without its C++ start-up lines
+    console.import_tensorflow_quietly()   # Keras' TensorFlow, without its C++ start-up lines
   model = import_weights(FLAGS.source, FLAGS.format, FLAGS.out, FLAGS.key, variant=FLAGS.variant,
                          width=FLAGS.width, minimalistic=FLAGS.minimalistic,
                          num_classes=FLAGS.num_classes,

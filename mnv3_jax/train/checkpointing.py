@@ -72,6 +72,7 @@ class Checkpointer:
     self._workdir = epath.Path(workdir)
     self._best_metric, self._best_mode, self._keep_best = best_metric, best_mode, keep_best
     self._barriers = itertools.count()
+    self._saving: dict[str, int] = {}    # manager directory -> step of the save last started
     self._latest = ocp.CheckpointManager(
         self._workdir / 'checkpoints', handler_registry=train_state.handler_registry(),
         options=ocp.CheckpointManagerOptions(
@@ -103,10 +104,18 @@ class Checkpointer:
   def _write(self, manager: ocp.CheckpointManager, step: int, state: Any,
              metrics: Optional[dict[str, float]] = None) -> bool:
     try:
-      return manager.save(step, args=train_state.save_args(state), metrics=metrics, force=True)
+      started = manager.save(step, args=train_state.save_args(state), metrics=metrics, force=True)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointWriteError(f'Could not save step {step} in {manager.directory}: '
-                                 f'{train_state.reason(e)}') from e
+      raise self._write_error(manager, e) from e
+    self._saving[str(manager.directory)] = step
+    return started
+
+  def _write_error(self, manager: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+    """Names the step whose save failed: the one in flight (errors surface one save late)."""
+    step = self._saving.pop(str(manager.directory), None)
+    what = 'a checkpoint' if step is None else f'step {step}'
+    return CheckpointWriteError(f'Could not save {what} in {manager.directory}: '
+                                f'{train_state.reason(error)}')
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts saving `state` at `step` if due: step % save_every_steps == 0, a preemption sync point
@@ -218,9 +227,10 @@ class Checkpointer:
     for manager in self._managers():
       try:
         manager.check_for_errors()
+        if not manager.is_saving_in_progress():   # a finished save's error surfaces at its wait
+          manager.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
-        raise CheckpointWriteError(f'Could not save a checkpoint in {manager.directory}: '
-                                   f'{train_state.reason(e)}') from e
+        raise self._write_error(manager, e) from e
 
   def wait_until_finished(self) -> None:
     """Blocks until background saves (and their garbage collection) are done; raises
@@ -229,8 +239,7 @@ class Checkpointer:
       try:
         manager.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
-        raise CheckpointWriteError(f'Could not save a checkpoint in {manager.directory}: '
-                                   f'{train_state.reason(e)}') from e
+        raise self._write_error(manager, e) from e
 
   def close(self) -> None:
     """Releases both managers, also after a failed save (their errors were raised already)."""

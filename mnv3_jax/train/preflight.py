@@ -188,7 +188,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
   """
   check_fields(config)
   # The data module's own checks too (fields it adds later are then checked here as well).
-  input_pipeline._check_config(config.data)  # pylint: disable=protected-access
+  input_pipeline.check_config(config.data)
   model = check_model(config.model.to_dict())  # validates every model option ('auto' dtype too)
   sharding.check_batch_size(config.batch_size, mesh)
   steps.check_bn_stats(config.bn_stats)

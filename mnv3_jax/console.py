@@ -12,7 +12,7 @@ import time
 
 from absl import logging as absl_logging
 
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _KEPT = (
     _PACKAGE + os.sep,                                   # mnv3_jax/
     os.path.join(os.path.dirname(_PACKAGE), 'main.py'),  # the entry point

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mnv3_jax.train import console
+from mnv3_jax import console
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 LIBRARY_INFO = re.compile(r'^I\d{4} .*(checkpoint_manager|async_checkpointer|atomicity|'
                           r'dataset_info|reader)\.py:\d+\]', re.M)
 
