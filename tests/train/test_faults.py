@@ -1,7 +1,9 @@
 """Faults around a run that must end it at once and in one piece (issue 16), in real processes:
 a checkpoint that cannot be written, a second run on the same workdir, a damaged checkpoint handed
 to `init_from` or to export."""
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,3 +114,27 @@ def test_export_of_a_damaged_checkpoint_is_refused(finished, tmp_path):
   error = out.stderr.strip().splitlines()[-1]
   assert error.startswith('error: ') and str(best) in error and 'fingerprints' in error, error
   assert not out_dir.exists()
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(data_dir, tmp_path, main_processes):
+  flags = main_flags(run_config(data_dir))
+  workdir = tmp_path / 'run'
+  run = main_processes(flags, workdir)
+  run.wait_for(r' step +2/')
+  run.proc.send_signal(signal.SIGINT)
+  status, log = run.wait(timeout=60)
+  assert status == 0, log[-3000:]
+  assert 'Ctrl-C: stopping after this step' in log
+  stopped = int(re.search(r'stopped at step (\d+) \(stop requested\)', log).group(1))
+  assert (workdir / 'checkpoints' / str(stopped)).is_dir()
+  assert 'Traceback' not in log
+
+  run = main_processes(flags, workdir)
+  run.wait_for(r' step +\d+/')
+  run.proc.send_signal(signal.SIGINT)
+  time.sleep(0.3)                      # two signals in a row would merge into one
+  run.proc.send_signal(signal.SIGINT)
+  status, log = run.wait(timeout=60)
+  assert status == 130, log[-3000:]
+  assert 'Ctrl-C again: aborting now' in log
+  assert (workdir / 'checkpoints' / str(stopped)).is_dir()   # the complete one is still there
