@@ -63,7 +63,7 @@ def main(argv):
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   with distributed.fail_fast():
     try:
-      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, ctrl_c_stops=True)
     except checkpointing.CheckpointWriteError as e:
       # orbax's threads of the failed save wait minutes for signals that never come, and Python
       # waits for them at exit: report and end now (the lock and the writers are released).

@@ -28,9 +28,13 @@ ABORT_STATUS = 130   # the shell's status for a process ended by SIGINT
 
 
 class StopFlag:
-  """Installs the handlers (main thread only) until `restore()`; `raised` is the flag."""
+  """Installs the handlers (main thread only) until `restore()`; `raised` is the flag.
 
-  def __init__(self):
+  ctrl_c: also handle SIGINT (a terminal's Ctrl-C; `main.py`). Off, Ctrl-C keeps Python's
+  KeyboardInterrupt: a notebook's interrupt must not end its kernel.
+  """
+
+  def __init__(self, ctrl_c: bool = False):
     self.raised = False
     self._trained = False
     self._interrupts = 0
@@ -38,7 +42,8 @@ class StopFlag:
     self._watching = False
     if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
       return
-    self._previous = {s: signal.signal(s, self._handle) for s in _NAMES}
+    handled = [signal.SIGTERM] + ([signal.SIGINT] if ctrl_c else [])
+    self._previous = {s: signal.signal(s, self._handle) for s in handled}
     read_fd, self._write_fd = os.pipe()
     os.set_blocking(self._write_fd, False)
     self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
@@ -75,7 +80,7 @@ class StopFlag:
   def _watch(self, read_fd: int) -> None:
     with os.fdopen(read_fd, 'rb', buffering=0) as pipe:
       while byte := pipe.read(1):       # b'' once `restore` closes the write end
-        if byte[0] in _NAMES:
+        if byte[0] in self._previous:
           self._on_signal(byte[0])
 
   def trained(self) -> None:

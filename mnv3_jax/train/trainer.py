@@ -82,8 +82,12 @@ def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
           'written before this step is intact.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       ctrl_c_stops: bool = False) -> Optional[dict]:
   """Trains `config` in `workdir` to `num_epochs`, resuming if checkpoints exist.
+
+  SIGTERM (and with `ctrl_c_stops`, as `main.py` sets, Ctrl-C) ends the run after the current
+  step with a checkpoint of it (`stop_signals`).
 
   Returns the last evaluation's metrics ({'eval_top1', 'ema_top1', ...}), or None if stopped early
   or there was nothing left to train.
@@ -91,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Optio
   mesh = sharding.make_mesh()
   info = preflight.check_config(config, workdir, mesh)
   with _lock_workdir(workdir):
-    stop = stop_signals.StopFlag()     # before the first compile, which may take minutes
+    stop = stop_signals.StopFlag(ctrl_c_stops)   # before the first compile: it may take minutes
     try:
       return _train_and_evaluate(config, workdir, mesh, info, stop)
     finally:
