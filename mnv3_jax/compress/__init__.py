@@ -1,0 +1,1 @@
+"""The compute-reduction toolbox: quantization-aware training (and soon distillation, NetAdapt)."""
