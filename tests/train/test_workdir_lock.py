@@ -119,18 +119,29 @@ def test_only_process_zero_locks(holder, tmp_path):
   assert _snapshot(tmp_path) == before
 
 
+def _holder_file(path: Path) -> dict:
+  """The lock file's JSON; the heartbeat rewrites a local file in place, so a read can catch it
+  empty or half-written: retry (the module's own reader does the same)."""
+  for _ in range(100):
+    try:
+      return json.loads(path.read_text())
+    except ValueError:
+      time.sleep(0.01)
+  return json.loads(path.read_text())
+
+
 def test_heartbeat_lock_refuses_a_live_holder_and_takes_over_a_dead_one(holder, tmp_path, caplog):
   proc = holder(tmp_path, 'heartbeat')
   path = tmp_path / workdir_lock.LOCK_NAME
-  beat, deadline = json.loads(path.read_text())['heartbeat'], time.time() + 10
-  while json.loads(path.read_text())['heartbeat'] == beat:   # the daemon thread refreshes it
+  beat, deadline = _holder_file(path)['heartbeat'], time.time() + 10
+  while _holder_file(path)['heartbeat'] == beat:   # the daemon thread refreshes it
     assert time.time() < deadline, 'no heartbeat in 10 s (heartbeat_s=0.2)'
     time.sleep(0.1)
   with pytest.raises(workdir_lock.WorkdirBusyError, match=f'pid {proc.pid} .*stale 300 s after'):
     workdir_lock.acquire(tmp_path, use_flock=False, settle_s=0)
   _kill(proc)
   with workdir_lock.acquire(tmp_path, use_flock=False, settle_s=0.1) as lock:
-    assert json.loads(path.read_text())['pid'] == os.getpid() and lock.held
+    assert _holder_file(path)['pid'] == os.getpid() and lock.held
   assert f'its process {proc.pid} is gone' in caplog.text
   assert not path.exists()
 
