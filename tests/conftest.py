@@ -29,7 +29,7 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=os.environ.get('MNV3_TEST_XLA_CACHE'
 
 import jax  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 
-from tests.support import NUM_EVAL, NUM_TRAIN  # pylint: disable=wrong-import-position
+from tests.support import NUM_EVAL, NUM_TRAIN, tiny_config  # pylint: disable=wrong-import-position
 _SIZES = ((40, 56), (64, 48), (33, 90))  # (height, width) of the stand-in's JPEGs.
 
 
@@ -50,3 +50,13 @@ def imagenet_dir(tmp_path_factory):
       split_datasets={'train': split(NUM_TRAIN), 'validation': split(NUM_EVAL)}, data_dir=data_dir,
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """A data_dir with the embedded digits dataset built (once per test process), for runs of
+  `support.tiny_config`; built before any test starts processes that would each build it."""
+  from mnv3_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('digits')
+  input_pipeline.get_dataset_info(tiny_config(path).data)
+  return path

@@ -9,8 +9,8 @@ weights by default) or one step of a workdir (`WORKDIR/checkpoints/STEP`, `WORKD
 and verifies every array against its fingerprint: a damaged checkpoint is refused, by name.
 
 `config.init_from` (a path `load` reads) starts training from such weights: `init_variables` reads
-and verifies them and checks them against `config.model` (`check_init_from` does the same before
-anything compiles or is written); the optimizer state starts fresh.
+and verifies them and checks them against `config.model` (the trainer's pre-flight checks call it,
+before anything compiles or is written); the optimizer state starts fresh.
 """
 import dataclasses
 import json
@@ -185,11 +185,6 @@ def init_variables(path, model: model_lib.MobileNetV3) -> Dict[str, Any]:
     raise fingerprints_lib.DamagedCheckpointError(f'Invalid init_from {path!r}: {e}') from e
   check_fits(jax.tree.map(np.shape, variables), model, f'init_from {path}')
   return variables
-
-
-def check_init_from(path, model: model_lib.MobileNetV3) -> None:
-  """`init_variables` for its checks only: run before anything is compiled or written."""
-  init_variables(path, model)
 
 
 def replace_weights(state, variables: Dict[str, Any], sharding: jax.sharding.Sharding):

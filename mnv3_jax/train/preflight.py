@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import tempfile
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import ml_collections
 from absl import logging
@@ -49,7 +49,7 @@ def _name(v) -> bool:
 
 
 # Every field a user sets, but model.* (MobileNetV3 checks its options), bn_stats
-# (steps.check_bn_stats) and init_from's target (pretrained.check_init_from).
+# (steps.check_bn_stats) and init_from's target (pretrained.init_variables).
 FIELDS = (
     ('seed', 'an integer in [0, 2**32)', _int(lambda v: 0 <= v < 2**32)),
     ('batch_size', 'an integer >= 1', _int(lambda v: v >= 1)),
@@ -181,8 +181,14 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
       workdir, config.batch_size, saved, before, after, step, step / before, step / after)
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
-  """Validates `config` for training in `workdir` on `mesh`; returns the dataset's info.
+class Checked(NamedTuple):
+  """What the checks had to read, for the run to use rather than read again."""
+  info: input_pipeline.DatasetInfo
+  init_variables: Optional[dict]   # init_from's verified {'params', 'batch_stats'}, or None
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str, mesh) -> Checked:
+  """Validates `config` for training in `workdir` on `mesh`.
 
   Only once everything else passed is the workdir created (if new) and proved writable.
   """
@@ -192,8 +198,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
   model = check_model(config.model.to_dict())  # validates every model option ('auto' dtype too)
   sharding.check_batch_size(config.batch_size, mesh)
   steps.check_bn_stats(config.bn_stats)
-  if config.init_from:
-    pretrained.check_init_from(config.init_from, model)
+  initial = pretrained.init_variables(config.init_from, model) if config.init_from else None
   _check_data_dir(config.data.data_dir)
   info = input_pipeline.get_dataset_info(config.data)
   if info.num_classes != config.model.num_classes:
@@ -202,4 +207,4 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, mesh):
                      f'--config.model.num_classes={info.num_classes}.')
   check_resume(config, workdir, info.num_train_examples)
   check_workdir(workdir)
-  return info
+  return Checked(info, initial)

@@ -93,11 +93,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   or there was nothing left to train.
   """
   mesh = sharding.make_mesh()
-  info = preflight.check_config(config, workdir, mesh)
+  checked = preflight.check_config(config, workdir, mesh)
   with _lock_workdir(workdir):
     stop = stop_signals.StopFlag(ctrl_c_stops)   # before the first compile: it may take minutes
     try:
-      return _train_and_evaluate(config, workdir, mesh, info, stop)
+      return _train_and_evaluate(config, workdir, mesh, checked, stop)
     finally:
       stop.restore()
 
@@ -118,7 +118,8 @@ def _lock_workdir(workdir: str) -> workdir_lock.Lock:
   return lock
 
 
-def _train_and_evaluate(config, workdir, mesh, info, stop) -> Optional[dict]:
+def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
+  info = checked.info
   model = MobileNetV3(**config.model)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -143,9 +144,9 @@ def _train_and_evaluate(config, workdir, mesh, info, stop) -> Optional[dict]:
                                    workdir, start_step))
     if state is None:
       state, start_step = init_fn(jax.random.key(config.seed)), 0
-      if config.get('init_from'):
-        state = pretrained.replace_weights(
-            state, pretrained.init_variables(config.init_from, model), sharding.replicated(mesh))
+      if checked.init_variables is not None:
+        state = pretrained.replace_weights(state, checked.init_variables,
+                                           sharding.replicated(mesh))
       writer.write_hparams(_flat_hparams(config))
       _write_parameter_table(workdir, state.params)
     if start_step >= total_steps:

@@ -278,6 +278,6 @@ def test_training_workdir_loads_best_ema_weights(tmp_path, data_config):
       variables, options, data = pretrained.load(path, weights)
       jax.tree.map(np.testing.assert_array_equal, variables['params'], params)
       assert options['width'] == 0.35 and data['dataset'] == 'digits'
-  pretrained.check_init_from(workdir, model)
+  pretrained.init_variables(workdir, model)
   with pytest.raises(ValueError, match='neither a variables checkpoint'):
     pretrained.load(str(tmp_path))

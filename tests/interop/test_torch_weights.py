@@ -209,10 +209,10 @@ def test_import_weights_writes_a_checkpoint_that_loads_back(tmp_path):
   assert options == pretrained.model_options(model) and data is None
   jax.tree.map(np.testing.assert_array_equal, variables,
                torch_weights.from_torch(path, model, 'timm'))
-  pretrained.check_init_from(out, model.clone(dropout_rate=0.3, depthwise_impl='conv'))
+  pretrained.init_variables(out, model.clone(dropout_rate=0.3, depthwise_impl='conv'))
   with pytest.raises(ValueError, match=r"model.num_classes: weights 7, config 10; "
                      r"model.padding: weights 'symmetric', config 'same'.*"
                      r"--config.model.num_classes=7 --config.model.padding=symmetric"):
-    pretrained.check_init_from(out, model.clone(num_classes=10, padding='same'))
+    pretrained.init_variables(out, model.clone(num_classes=10, padding='same'))
   with pytest.raises(ValueError, match='exists and is not empty'):
     import_weights.import_weights(str(path), 'timm', str(out), variant='small', num_classes=7)

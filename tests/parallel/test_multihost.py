@@ -32,11 +32,8 @@ EVAL_SPLIT = 'test[:37]'   # 37 examples: shards of 19 and 18, both padded to 3 
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('data')
-  # Build the digits dataset here, before processes that would each try to build it start.
-  input_pipeline.get_dataset_info(tiny_config(path).data)
-  return path
+def data_dir(digits_dir):
+  return digits_dir
 
 
 def pod_config(data_dir, **overrides):

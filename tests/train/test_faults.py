@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from mnv3_jax.data import input_pipeline
 from mnv3_jax.train import trainer
 from tests.processes import ENV, ROOT, main_processes  # pylint: disable=unused-import  (a fixture)
 from tests.support import main_flags, tiny_config
@@ -25,10 +24,8 @@ def run_config(data_dir, **overrides):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('data')
-  input_pipeline.get_dataset_info(tiny_config(path).data)   # builds digits once
-  return path
+def data_dir(digits_dir):
+  return digits_dir
 
 
 @pytest.fixture(scope='module')
@@ -44,12 +41,16 @@ def _files(root: Path) -> dict:
           for p in sorted(root.rglob('*')) if p.is_file()}
 
 
-def _garble_largest_array_file(step_dir: Path) -> Path:
-  data = max((step_dir / 'state').rglob('d/*'), key=lambda p: p.stat().st_size)
+def _damaged_copy(finished: Path, tmp_path: Path) -> tuple[Path, Path]:
+  """(a copy of the finished workdir, its best step) with one bit flipped in that step's arrays."""
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(finished, damaged)
+  best = next((damaged / 'best').iterdir())
+  data = max((best / 'state').rglob('d/*'), key=lambda p: p.stat().st_size)
   raw = bytearray(data.read_bytes())
   raw[len(raw) // 2] ^= 0x40
   data.write_bytes(bytes(raw))
-  return data
+  return damaged, best
 
 
 def test_a_failed_save_ends_the_run_within_seconds_naming_the_path(data_dir, tmp_path,
@@ -86,10 +87,7 @@ def test_a_second_run_on_a_workdir_stops_at_once_naming_the_first(data_dir, tmp_
 
 def test_init_from_a_damaged_checkpoint_is_refused_before_anything_is_written(
     data_dir, finished, tmp_path):
-  damaged = tmp_path / 'damaged'
-  shutil.copytree(finished, damaged)
-  best = next((damaged / 'best').iterdir())
-  _garble_largest_array_file(best)
+  damaged, best = _damaged_copy(finished, tmp_path)
   workdir = tmp_path / 'new'
   out = subprocess.run(
       [sys.executable, 'main.py', *main_flags(run_config(data_dir, init_from=str(damaged))),
@@ -102,10 +100,7 @@ def test_init_from_a_damaged_checkpoint_is_refused_before_anything_is_written(
 
 
 def test_export_of_a_damaged_checkpoint_is_refused(finished, tmp_path):
-  damaged = tmp_path / 'damaged'
-  shutil.copytree(finished, damaged)
-  best = next((damaged / 'best').iterdir())
-  _garble_largest_array_file(best)
+  damaged, best = _damaged_copy(finished, tmp_path)
   out_dir = tmp_path / 'export'
   out = subprocess.run(
       [sys.executable, '-m', 'mnv3_jax.export', f'--workdir={damaged}', f'--out={out_dir}'],

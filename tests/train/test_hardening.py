@@ -48,10 +48,8 @@ def run_config(data_dir, **overrides):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('data')
-  input_pipeline.get_dataset_info(tiny_config(path).data)   # builds digits once
-  return path
+def data_dir(digits_dir):
+  return digits_dir
 
 
 @pytest.fixture(scope='module')
