@@ -1,0 +1,1 @@
+"""Dense-prediction tasks on the MobileNetV3 backbone: semantic segmentation, detection."""

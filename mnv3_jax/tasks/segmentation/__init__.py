@@ -1,0 +1,1 @@
+"""Semantic segmentation: MobileNetV3 + LR-ASPP, its data and metrics."""
