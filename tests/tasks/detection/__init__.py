@@ -1,0 +1,1 @@
+"""Tests of mnv3_jax.tasks.detection."""
