@@ -9,6 +9,9 @@ import torch
 from tests.interop import torch_models
 
 torch_models._stub_torchvision()  # pylint: disable=protected-access
+import torchvision  # pylint: disable=g-import-not-at-top,wrong-import-position  (the stub)
+if not hasattr(torchvision, '_is_tracing'):   # what torchvision's __init__ would define
+  torchvision._is_tracing = lambda: torch._C._get_tracing_state() is not None  # pylint: disable=protected-access
 torch.set_num_threads(1)   # see tests/interop/torch_reference.py: a shared 2-core CPU
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
