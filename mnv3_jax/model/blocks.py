@@ -41,16 +41,18 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def spatial_padding(shape: Sequence[int], kernel: int, stride: int,
-                    padding: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-  """Padding of the H and W axes of an NHWC `shape` for a kxk conv.
+def spatial_padding(shape: Sequence[int], kernel: int, stride: int, padding: str,
+                    dilation: int = 1) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+  """Padding of the H and W axes of an NHWC `shape` for a kxk conv with `dilation`.
 
   padding: 'same' (TensorFlow's, asymmetric at stride 2 on even inputs) or 'symmetric'
-  ((k-1)//2 on both sides, as PyTorch models do).
+  ((k-1)//2 * dilation on both sides, as PyTorch models do). Both are computed for the dilated
+  kernel's extent (k - 1) * dilation + 1.
   """
   if padding == 'symmetric':
-    return ((kernel - 1) // 2,) * 2, ((kernel - 1) // 2,) * 2
-  return same_padding(shape[1], kernel, stride), same_padding(shape[2], kernel, stride)
+    return ((kernel - 1) // 2 * dilation,) * 2, ((kernel - 1) // 2 * dilation,) * 2
+  span = (kernel - 1) * dilation + 1
+  return same_padding(shape[1], span, stride), same_padding(shape[2], span, stride)
 
 
 _BN_MOMENTUM, _BN_EPSILON = defaults.MODEL['bn_momentum'], defaults.MODEL['bn_epsilon']
@@ -62,7 +64,7 @@ class ConvBN(nn.Module):
   (N, H, W, C) -> (N, H/stride, W/stride, features).
 
   kernel_size 1 (stride 1) is a matmul over channels; `depthwise=True` makes a depthwise kxk conv
-  (features = C); otherwise a dense kxk conv (the stem). Activation None means linear (the bneck's
+  (features = C), dilated by `dilation`; otherwise a dense kxk conv (the stem, dilation 1 only). Activation None means linear (the bneck's
   projection). `padding` is 'same' (TensorFlow's) or 'symmetric' (PyTorch's).
   """
   features: int
@@ -75,13 +77,17 @@ class ConvBN(nn.Module):
   padding: str = 'same'
   depthwise_impl: str = defaults.MODEL['depthwise_impl']
   dtype: jnp.dtype = jnp.float32
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.dilation != 1 and not self.depthwise:
+      raise ValueError(f'ConvBN dilation {self.dilation!r} not allowed for a dense or 1x1 conv; '
+                       'allowed: 1 (dilation is for depthwise convs).')
     if self.depthwise:
-      pads = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding)
+      pads = spatial_padding(x.shape, self.kernel_size, self.stride, self.padding, self.dilation)
       x = depthwise.DepthwiseConv(self.kernel_size, self.stride, pads, impl=self.depthwise_impl,
-                                  dtype=self.dtype, name='conv')(x)
+                                  dtype=self.dtype, dilation=self.dilation, name='conv')(x)
     elif self.kernel_size == 1 and self.stride == 1:
       x = pointwise.Pointwise(self.features, kernel_init=conv_kernel_init(), dtype=self.dtype,
                               name='conv')(x)
@@ -119,6 +125,11 @@ class InvertedResidual(nn.Module):
   The expansion conv is skipped when `expand` is False (the first bneck of both networks in the
   official code); the residual is added when stride is 1 and input and output widths agree.
   (N, H, W, C_in) -> (N, H/stride, W/stride, out).
+
+  Dense tasks: `dilation` > 1 makes the depthwise conv atrous and run at stride 1 in place of
+  `stride` (torchvision's `dilated=True`): (N, H, W, C_in) -> (N, H, W, out); the residual rule
+  still reads `stride`. `return_expanded` also returns the expansion conv's output (after BN and
+  activation; the input when there is none): (out, expanded), e.g. SSDLite's C4.
   """
   kernel_size: int
   expanded: int
@@ -133,19 +144,23 @@ class InvertedResidual(nn.Module):
   padding: str = 'same'
   depthwise_impl: str = defaults.MODEL['depthwise_impl']
   dtype: jnp.dtype = jnp.float32
+  dilation: int = 1
+  return_expanded: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool):
     norm = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
     shortcut = x
     if self.expand:
       x = ConvBN(self.expanded, activation=self.activation, name='expand', **norm)(x, train)
-    x = ConvBN(x.shape[-1], self.kernel_size, self.stride, depthwise=True,
-               activation=self.activation, padding=self.padding,
-               depthwise_impl=self.depthwise_impl, name='depthwise', **norm)(x, train)
+    expanded = x
+    x = ConvBN(x.shape[-1], self.kernel_size, 1 if self.dilation > 1 else self.stride,
+               depthwise=True, activation=self.activation, padding=self.padding,
+               depthwise_impl=self.depthwise_impl, dilation=self.dilation, name='depthwise',
+               **norm)(x, train)
     if self.se_squeeze:
       x = SqueezeExcite(self.se_squeeze, self.se_gate, dtype=self.dtype, name='se')(x)
     x = ConvBN(self.out, name='project', **norm)(x, train)
     if self.stride == 1 and shortcut.shape[-1] == self.out:
       x = x + shortcut
-    return x
+    return (x, expanded) if self.return_expanded else x

@@ -18,6 +18,10 @@ The inference form with BatchNorms, activations and the SE pool inside the kerne
 
 The kernel has Flax's grouped-conv layout (k, k, 1, C) in every implementation, so checkpoints
 do not depend on the choice.
+
+Dilation (atrous depthwise conv, for dense tasks at output stride 16): `dilation` d > 1 spaces the
+taps d pixels apart (an effective kernel of (k - 1) * d + 1); it always runs on 'conv'
+(`rhs_dilation`), whatever `impl` says: the other implementations are for dilation 1.
 """
 import functools
 from typing import Sequence, Tuple
@@ -171,7 +175,8 @@ def _depthwise_bwd(stride, padding, impl, residuals, dy):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def check_args(x: jax.Array, kernel: jax.Array, stride: int, padding: Sequence) -> Padding:
+def check_args(x: jax.Array, kernel: jax.Array, stride: int, padding: Sequence,
+               dilation: int = 1) -> Padding:
   if x.ndim != 4:
     raise ValueError(f'Depthwise input must be NHWC (4-D); got shape {tuple(x.shape)}.')
   k = kernel.shape[0]
@@ -180,46 +185,52 @@ def check_args(x: jax.Array, kernel: jax.Array, stride: int, padding: Sequence) 
                      f'{tuple(x.shape)}: expected (k, k, 1, {x.shape[3]}).')
   if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
     raise ValueError(f'Invalid depthwise stride {stride!r}; allowed: an integer >= 1.')
+  if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
+    raise ValueError(f'Invalid depthwise dilation {dilation!r}; allowed: an integer >= 1.')
+  span = (k - 1) * dilation + 1    # the dilated kernel's extent
   try:
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   except (TypeError, ValueError):
     pads = ()
-  if len(pads) != 2 or min(min(p) for p in pads) < 0 or max(max(p) for p in pads) >= k:
+  if len(pads) != 2 or min(min(p) for p in pads) < 0 or max(max(p) for p in pads) >= span:
     raise ValueError(f'Invalid depthwise padding {padding!r}; allowed: ((top, bottom), '
-                     f'(left, right)) with each in [0, {k - 1}].')
+                     f'(left, right)) with each in [0, {span - 1}].')
   for size, pad in zip(x.shape[1:3], pads):
-    if size + pad[0] + pad[1] < k:
+    if size + pad[0] + pad[1] < span:
       raise ValueError(f'Depthwise input {tuple(x.shape)} with padding {pads} is smaller '
-                       f'than the {k}x{k} kernel.')
+                       f'than the {span}x{span} (dilated) kernel.')
   return pads
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
-                   impl: str) -> jax.Array:
+                   impl: str, dilation: int = 1) -> jax.Array:
   """Depthwise convolution of NHWC `x` (N, H, W, C) with `kernel` (k, k, 1, C).
 
-  padding: ((top, bottom), (left, right)), each in [0, k - 1]. Returns (N, Ho, Wo, C) in x's
-  dtype with Ho = (H + top + bottom - k) // stride + 1 (likewise Wo).
+  padding: ((top, bottom), (left, right)), each in [0, s - 1] with s = (k - 1) * dilation + 1,
+  the dilated kernel's extent. Returns (N, Ho, Wo, C) in x's dtype with
+  Ho = (H + top + bottom - s) // stride + 1 (likewise Wo). dilation > 1 runs on 'conv'.
   """
   impl = resolve_impl(impl)
-  padding = check_args(x, kernel, stride, padding)
-  stride = int(stride)
-  if impl == 'conv':
+  padding = check_args(x, kernel, stride, padding, dilation)
+  stride, dilation = int(stride), int(dilation)
+  if impl == 'conv' or dilation > 1:
     return lax.conv_general_dilated(
-        x, kernel, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=x.shape[-1])
+        x, kernel, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
   if impl == 'native' and not any(x.dtype == d for d in NATIVE_DTYPES):
     impl = 'shifted'
   return _depthwise(x, kernel, stride, padding, impl)
 
 
 class DepthwiseConv(nn.Module):
-  """Depthwise kxk conv without bias: (N, H, W, C) -> (N, Ho, Wo, C); `padding` per H and W."""
+  """Depthwise kxk conv without bias: (N, H, W, C) -> (N, Ho, Wo, C); `padding` per H and W;
+  `dilation` spaces the taps (see `depthwise_conv`)."""
   kernel_size: int
   stride: int
   padding: Padding
   impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -227,4 +238,4 @@ class DepthwiseConv(nn.Module):
         'kernel', nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
         (self.kernel_size, self.kernel_size, 1, x.shape[-1]), jnp.float32)
     return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
-                          self.padding, self.impl)
+                          self.padding, self.impl, self.dilation)
