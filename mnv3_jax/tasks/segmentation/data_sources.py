@@ -21,7 +21,8 @@ data_dir/<split>/masks/NAME.png, paired by NAME; a mask is a one-channel PNG (mo
 palette PNG gives its palette indices) of the image's size whose values are classes
 0..num_classes-1 or the ignore label (other values stop the pipeline with an error naming the
 file). Every pair's headers are read when the folder is first listed; unpaired files, colour
-masks and size mismatches are a ValueError naming them.
+masks and size mismatches are a ValueError naming them. Files are read through tf.io.gfile
+(gs:// works).
 """
 import functools
 import os
@@ -115,23 +116,24 @@ def _split_size(builder, split: str) -> int:
                      f'{list(builder.info.splits)}: {e}') from e
 
 
-def _mask_header(path: str) -> Tuple[str, Tuple[int, int]]:
-  with Image.open(path) as mask:
-    return mask.mode, mask.size
+def _header(path: str) -> Tuple[str, Tuple[int, int]]:
+  """(mode, (width, height)) of an image file; reads only its header."""
+  with tf.io.gfile.GFile(path, 'rb') as f, Image.open(f) as image:
+    return image.mode, image.size
 
 
 @functools.lru_cache(maxsize=8)
 def _folder_pairs(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
   """(image paths, mask paths) of data_dir/<split>, checked, in a fixed shuffled order."""
   folders = {kind: os.path.join(root, split, kind) for kind in ('images', 'masks')}
-  missing = [f for f in folders.values() if not os.path.isdir(f)]
+  missing = [f for f in folders.values() if not tf.io.gfile.isdir(f)]
   if missing:
     raise ValueError(f'{FOLDER} split {split!r}: no folder {missing}; allowed layout: '
                      f'data_dir/<split>/images/NAME.jpg|png with data_dir/<split>/masks/NAME.png.')
   found = {}
   for kind, extensions in (('images', _IMAGE_EXTENSIONS), ('masks', ('.png',))):
     stems = {}
-    for f in sorted(os.listdir(folders[kind])):
+    for f in sorted(tf.io.gfile.listdir(folders[kind])):
       stem, ext = os.path.splitext(f)
       if ext.lower() in extensions and not f.startswith('.'):
         if stem in stems:
@@ -150,9 +152,7 @@ def _folder_pairs(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
   pairs = [(os.path.join(folders['images'], images[s]), os.path.join(folders['masks'], masks[s]))
            for s in sorted(images)]
   for image_path, mask_path in pairs:
-    mode, size = _mask_header(mask_path)
-    with Image.open(image_path) as image:
-      image_size = image.size
+    (mode, size), (_, image_size) = _header(mask_path), _header(image_path)
     if mode not in _MASK_MODES or size != image_size:
       raise ValueError(f'Mask {mask_path} (mode {mode}, width x height {size}) does not fit '
                        f'{image_path} ({image_size}); allowed: a one-channel PNG (mode '
@@ -198,7 +198,7 @@ def _decode_image(encoded):
 
 
 def _read_mask_file(path) -> np.ndarray:
-  with Image.open(path.decode()) as mask:
+  with tf.io.gfile.GFile(path.decode(), 'rb') as f, Image.open(f) as mask:
     return np.asarray(mask, np.int32)
 
 
