@@ -24,11 +24,11 @@ _HEAD = {'classifier.cbr.0': ('head', 'cbr', 'conv'), 'classifier.cbr.1': ('head
          'classifier.scale.1': ('head', 'scale'),
          'classifier.low_classifier': ('head', 'low_classifier'),
          'classifier.high_classifier': ('head', 'high_classifier')}
-# What torchvision's LR-ASPP computes with beyond its weights' shapes.
+# What torchvision's LR-ASPP computes with beyond its weights' shapes. Its input normalization
+# is not checked (as in `torch_weights`): images may be normalized before the model instead.
 _BACKBONE = {**{k: v for k, v in torch_weights.required_options('torchvision').items()
                 if k != 'last_stage'},   # no last stage in a backbone
-             'input_norm': 'imagenet', 'output_stride': 16, 'reduced_tail': 'none', 'width': 1.0,
-             'minimalistic': False}
+             'output_stride': 16, 'reduced_tail': 'none', 'width': 1.0, 'minimalistic': False}
 _MODEL = {'pooling': 'global', 'low_tap': 'low', 'head_bn_epsilon': HEAD_BN_EPSILON}
 _MAX_LISTED = 8
 
@@ -36,9 +36,11 @@ _MAX_LISTED = 8
 def torchvision_model(variant: str = 'large', num_classes: int = 21,
                       **backbone_options) -> lraspp.LRASPPMobileNetV3:
   """The LRASPPMobileNetV3 that computes like torchvision's LR-ASPP on MobileNetV3 `variant`
-  (torchvision builds only 'large'; 'small' is its `_lraspp_mobilenetv3` on the Small backbone).
-  backbone_options: other MobileNetV3Backbone options (dtype, depthwise_impl, ...)."""
-  backbone = MobileNetV3Backbone(variant=variant, **{**_BACKBONE, **backbone_options})
+  (torchvision builds only 'large'; 'small' is its `_lraspp_mobilenetv3` on the Small backbone),
+  on [-1, 1] images (input_norm='imagenet' by default).
+  backbone_options: other MobileNetV3Backbone options (dtype, depthwise_impl, input_norm, ...)."""
+  backbone = MobileNetV3Backbone(variant=variant,
+                                 **{**_BACKBONE, 'input_norm': 'imagenet', **backbone_options})
   return lraspp.LRASPPMobileNetV3(backbone, num_classes=num_classes, **_MODEL)
 
 
