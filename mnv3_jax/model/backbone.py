@@ -16,7 +16,8 @@ into it. Two options are the paper's for segmentation (§6.4) and detection (§6
       'torchvision'  `reduced_tail=True` of torchvision: the stage's first expansion is kept
                      (Large 672, Small 288);
       'official'     the official TF `mobilenet_v3_large_seg` / `_small_seg`: it is halved too
-                     (Large 336, Small 144).
+                     (Large 336, Small 144). With it the paper's LR-ASPP models have the
+                     paper's param counts (tasks/segmentation/summary.py).
 
 Taps (the `taps` argument of `__call__`; each maps to an (N, h, w, C) array in the compute dtype):
   'stem'               the stem's output, stride 2.
