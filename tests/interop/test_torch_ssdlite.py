@@ -1,0 +1,117 @@
+"""torchvision SSDLite320 MobileNetV3 Large -> Flax: raw head outputs equal torchvision's; what
+does not fit is named.
+
+The reference is torchvision's own ssdlite320_mobilenet_v3_large (weights=None,
+weights_backbone=None: the reduced tail its COCO weights have) with random weights and random
+BatchNorm statistics (tests/interop/torch_reference.py); its backbone and head are called directly,
+as SSD.forward calls them, on images its transform normalises ((x - 0.5) / 0.5), in float64. Ours
+sees the same images as 2x - 1.
+
+Float32 rounding: a randomly initialised network with BatchNorm amplifies small input changes by
+~1.4x per layer, so the float32 rounding error grows with depth. On the three deepest maps (the
+stride 128-512 extras: 84 of 3234 default boxes) torchvision's own float32 forward is already
+1e-5 to 4e-5 off the exact outputs; there the bound is 2e-4, still far below what any misplaced
+weight gives (> 1e-2).
+"""
+import numpy as np
+import pytest
+import torch
+
+from mnv3_jax.interop import torch_ssdlite
+from mnv3_jax.tasks.detection import anchors
+from tests.interop import torch_reference
+from tests.tasks.detection import torchvision_detection as tv
+
+SIZE = (320, 320)
+CLASSES = 11
+TOLERANCE = 1e-5          # maps at strides 16, 32, 64
+DEEP_TOLERANCE = 2e-4     # maps at strides 128, 256, 512
+
+
+class RawOutputs(torch.nn.Module):
+  """SSD's backbone and head as SSD.forward calls them: (N, A, 4 + classes), before NMS."""
+
+  def __init__(self, ssd):
+    super().__init__()
+    self.backbone, self.head = ssd.backbone, ssd.head
+
+  def forward(self, x):
+    out = self.head(list(self.backbone(x).values()))
+    return torch.cat([out['bbox_regression'], out['cls_logits']], -1)
+
+
+@pytest.fixture(scope='module')
+def reference():
+  """(torchvision's SSD, its randomised RawOutputs), built once."""
+  model = tv.ssdlite.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                  num_classes=CLASSES)
+  return model, torch_reference.randomize(RawOutputs(model), seed=0, image_size=SIZE)
+
+
+def map_slices():
+  """The default boxes of each feature map, as slices of A."""
+  counts = [h * w * p for (h, w), p in zip(anchors.feature_map_sizes(SIZE),
+                                           anchors.boxes_per_location())]
+  ends = np.cumsum(counts)
+  return [slice(e - c, e) for c, e in zip(counts, ends)]
+
+
+def relative_errors(got, want):
+  """Per map, per part (regressions, logits): max|got - want| / max|want|."""
+  return np.array([[np.abs(got[:, m, p] - want[:, m, p]).max() / np.abs(want[:, m, p]).max()
+                    for p in (slice(0, 4), slice(4, None))] for m in map_slices()])
+
+
+def test_raw_outputs_equal_torchvision(reference):
+  model, raw = reference
+  images01 = np.random.default_rng(1).uniform(0, 1, (2, *SIZE, 3)).astype(np.float32)
+  nchw = torch.stack([model.transform.normalize(torch.from_numpy(i.transpose(2, 0, 1)))
+                      for i in images01])
+  want = torch_reference.logits(raw, nchw.numpy().transpose(0, 2, 3, 1))    # float64
+  flax_model = torch_ssdlite.torchvision_model(num_classes=CLASSES, depthwise_impl='conv')
+  variables = torch_ssdlite.from_torchvision(raw.state_dict(), flax_model)
+  box, cls = flax_model.apply(variables, images01 * 2 - 1)
+  got = np.concatenate([box, cls], -1)
+  assert got.shape == want.shape == (2, 3234, 4 + CLASSES)
+  assert flax_model.default_boxes(SIZE).shape == (3234, 4)
+  assert np.abs(want[0] - want[1]).max() > 0.1 * np.abs(want).max()   # the images differ
+  errors = relative_errors(got, want)
+  assert errors[:3].max() <= TOLERANCE, errors
+  assert errors[3:].max() <= DEEP_TOLERANCE, errors
+  with torch.no_grad():   # the deep maps' bound is float32's: torchvision's own is as far off
+    torch_float32 = raw(nchw).numpy()
+  assert relative_errors(torch_float32, want)[3:].max() > TOLERANCE
+
+
+def test_variables_land_where_they_belong(reference):
+  state = reference[1].state_dict()
+  variables = torch_ssdlite.from_torchvision(state, torch_ssdlite.torchvision_model(
+      num_classes=CLASSES))
+  params, stats = variables['params'], variables['batch_stats']
+  np.testing.assert_array_equal(   # C4: the expansion of bneck 13, ending backbone.features.0
+      params['backbone']['block_12']['expand']['conv']['kernel'],
+      state['backbone.features.0.13.0.weight'].numpy()[:, :, 0, 0].T)
+  np.testing.assert_array_equal(   # its depthwise conv, starting backbone.features.1
+      params['backbone']['block_12']['depthwise']['conv']['kernel'],
+      state['backbone.features.1.0.1.0.weight'].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(stats['backbone']['head_conv']['bn']['var'],
+                                state['backbone.features.1.3.1.running_var'].numpy())
+  np.testing.assert_array_equal(stats['extra_3_depthwise']['bn']['mean'],
+                                state['backbone.extra.3.1.1.running_mean'].numpy())
+  np.testing.assert_array_equal(params['head']['class_5']['bias'],
+                                state['head.classification_head.module_list.5.1.bias'].numpy())
+
+
+def test_what_does_not_fit_is_named(reference):
+  state = dict(reference[1].state_dict())
+  model = torch_ssdlite.torchvision_model(num_classes=CLASSES)
+  with pytest.raises(ValueError, match=r"backbone.reduced_tail='none' \(needs 'torchvision'\)"):
+    torch_ssdlite.from_torchvision(state, model.clone(
+        backbone=model.backbone.clone(reduced_tail='none')))
+  with pytest.raises(ValueError, match=r'(?s)num_classes=91\):\n  shape mismatches: '
+                     r'head.classification_head.module_list.0.1.weight \(66, 672, 1, 1\)'):
+    torch_ssdlite.from_torchvision(state, model.clone(num_classes=91))
+  state['head.extra_weight'] = state.pop('backbone.extra.0.0.0.weight')
+  with pytest.raises(ValueError, match=r'(?s)left unused: head.extra_weight \(256, 480, 1, 1\).*'
+                     r'without a torchvision weight: params/extra_0_expand/conv/kernel'):
+    torch_ssdlite.from_torchvision(state, model)
