@@ -72,8 +72,9 @@ def check_config(cfg) -> None:
   data_sources.check_dataset(cfg.dataset)
   if not _int(cfg.crop_size):
     bad('crop_size', 'need an int >= 1')
-  lo, hi = cfg.scale_range
-  if not 0 < lo <= hi:
+  scales = cfg.scale_range
+  if not (len(scales) == 2 and all(isinstance(v, (int, float)) for v in scales)
+          and 0 < scales[0] <= scales[1]):
     bad('scale_range', 'need (lo, hi) with 0 < lo <= hi')
   if cfg.eval_size is not None and not _int(cfg.eval_size):
     bad('eval_size', 'need None (full resolution) or an int >= 1')

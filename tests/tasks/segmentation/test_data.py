@@ -190,6 +190,7 @@ def test_mask_values_beyond_the_classes_stop_the_pipeline(tmp_path):
     (dict(dataset='voc'), ValueError, r"dataset='voc' is not a known.*'seg_shapes'.*'seg_folder'"),
     (dict(crop_size=0), ValueError, 'crop_size=0'),
     (dict(scale_range=(2.0, 1.0)), ValueError, r'scale_range=\(2.0, 1.0\)'),
+    (dict(scale_range=(0.5, 1.0, 2.0)), ValueError, r'scale_range=\(0.5, 1.0, 2.0\)'),
     (dict(ignore_label=2), ValueError, 'ignore_label=2 is invalid: need a value that is no class'),
     (dict(num_classes=5), ValueError, 'num_classes=5 is invalid for .seg_shapes., which has 4'),
     (dict(eval_size=-1), ValueError, 'eval_size=-1'),
