@@ -26,9 +26,11 @@ _HEAD = {'classifier.cbr.0': ('head', 'cbr', 'conv'), 'classifier.cbr.1': ('head
          'classifier.high_classifier': ('head', 'high_classifier')}
 # What torchvision's LR-ASPP computes with beyond its weights' shapes. Its input normalization
 # is not checked (as in `torch_weights`): images may be normalized before the model instead.
+# reduced_tail 'none' or 'torchvision' (its `reduced_tail=True` backbones) show in the shapes.
 _BACKBONE = {**{k: v for k, v in torch_weights.required_options('torchvision').items()
                 if k != 'last_stage'},   # no last stage in a backbone
-             'output_stride': 16, 'reduced_tail': 'none', 'width': 1.0, 'minimalistic': False}
+             'output_stride': 16, 'width': 1.0, 'minimalistic': False}
+_TAILS = ('none', 'torchvision')
 _MODEL = {'pooling': 'global', 'low_tap': 'low', 'head_bn_epsilon': HEAD_BN_EPSILON}
 _MAX_LISTED = 8
 
@@ -48,6 +50,9 @@ def check_options(model: lraspp.LRASPPMobileNetV3) -> None:
   """Raises ValueError naming each option of `model` torchvision's LR-ASPP does not compute with."""
   wrong = [f'backbone.{k}={getattr(model.backbone, k)!r} (needs {v!r})'
            for k, v in _BACKBONE.items() if getattr(model.backbone, k) != v]
+  if model.backbone.reduced_tail not in _TAILS:
+    wrong.append(f'backbone.reduced_tail={model.backbone.reduced_tail!r} (needs one of '
+                 f'{list(_TAILS)})')
   wrong += [f'{k}={getattr(model, k)!r} (needs {v!r})' for k, v in _MODEL.items()
             if getattr(model, k) != v]
   if wrong:

@@ -2,7 +2,8 @@
 BN statistics), the variables' tree, files, and what does not fit.
 
 References: torchvision's `lraspp_mobilenet_v3_large` and its `_lraspp_mobilenetv3` on
-`mobilenet_v3_small(dilated=True)` (torchvision has no Small builder), built without weights.
+`mobilenet_v3_small(dilated=True)` (torchvision has no Small builder) and on
+`mobilenet_v3_large(dilated=True, reduced_tail=True)`, built without weights.
 """
 import copy
 import functools
@@ -18,7 +19,7 @@ from mnv3_jax.tasks.segmentation import lraspp
 from tests.interop import torch_models, torch_reference
 
 TOLERANCE = 1e-5
-CLASSES = {'large': 21, 'small': 5}
+CLASSES = {'large': 21, 'small': 5, 'large_reduced': 4}
 # Random Large networks amplify float32 rounding: over seeds 1-4 at 96x128, torchvision's own
 # float32 forward is 0.5-1.8e-5 (max |delta| / max |ref|) off its float64 one, ours 0.4-2.6e-5.
 # With this seed both are ~5e-6 at both sizes, so 1e-5 tells a mapping error from rounding.
@@ -35,8 +36,10 @@ def reference(variant):
     module = tv_lraspp.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
                                                  num_classes=CLASSES[variant])
   else:
+    backbone = (mobilenetv3.mobilenet_v3_small(dilated=True) if variant == 'small' else
+                mobilenetv3.mobilenet_v3_large(dilated=True, reduced_tail=True))
     module = tv_lraspp._lraspp_mobilenetv3(  # pylint: disable=protected-access
-        mobilenetv3.mobilenet_v3_small(dilated=True), CLASSES[variant])
+        backbone, CLASSES[variant])
   return torch_reference.randomize(module, seed=SEED, image_size=(64, 64),
                                    input_fn=torch_reference.imagenet_normalized)
 
@@ -53,6 +56,13 @@ def images(size, seed=3):
   return np.random.default_rng(seed).uniform(-1, 1, (2, *size, 3)).astype(np.float32)
 
 
+def flax_model(variant, **options):
+  if variant == 'large_reduced':
+    return torch_lraspp.torchvision_model('large', CLASSES[variant], reduced_tail='torchvision',
+                                          **options)
+  return torch_lraspp.torchvision_model(variant, CLASSES[variant], **options)
+
+
 def flax_out(model, variables, x):
   apply = jax.jit(lambda v, x: model.apply(v, x),
                   compiler_options={'xla_backend_optimization_level': 0})
@@ -60,9 +70,9 @@ def flax_out(model, variables, x):
 
 
 @pytest.mark.parametrize('variant, size', [('large', (64, 64)), ('large', (96, 128)),
-                                           ('small', (96, 128))])
+                                           ('small', (96, 128)), ('large_reduced', (64, 96))])
 def test_output_matches_torchvision(variant, size, tmp_path):
-  model = torch_lraspp.torchvision_model(variant, CLASSES[variant], depthwise_impl='conv')
+  model = flax_model(variant, depthwise_impl='conv')
   path = tmp_path / 'lraspp.pth'
   torch.save(reference(variant).state_dict(), path)
   x = images(size)
@@ -104,6 +114,9 @@ def test_options_the_weights_do_not_show_are_checked():
     torch_lraspp.from_torchvision({}, wrong)
   with pytest.raises(ValueError, match=r"head_bn_epsilon=0.001 \(needs 1e-05\)"):
     torch_lraspp.from_torchvision({}, model.clone(head_bn_epsilon=1e-3))
+  with pytest.raises(ValueError, match=r"backbone.reduced_tail='official' \(needs one of "
+                                       r"\['none', 'torchvision'\]\)"):
+    torch_lraspp.from_torchvision({}, flax_model('small', reduced_tail='official'))
 
 
 def test_weights_that_do_not_fit_are_named():
