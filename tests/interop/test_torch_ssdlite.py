@@ -13,6 +13,7 @@ stride 128-512 extras: 84 of 3234 default boxes) torchvision's own float32 forwa
 1e-5 to 4e-5 off the exact outputs; there the bound is 2e-4, still far below what any misplaced
 weight gives (> 1e-2).
 """
+import jax
 import numpy as np
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_raw_outputs_equal_torchvision(reference):
   want = torch_reference.logits(raw, nchw.numpy().transpose(0, 2, 3, 1))    # float64
   flax_model = torch_ssdlite.torchvision_model(num_classes=CLASSES, depthwise_impl='conv')
   variables = torch_ssdlite.from_torchvision(raw.state_dict(), flax_model)
-  box, cls = flax_model.apply(variables, images01 * 2 - 1)
+  box, cls = jax.jit(flax_model.apply)(variables, images01 * 2 - 1)
   got = np.concatenate([box, cls], -1)
   assert got.shape == want.shape == (2, 3234, 4 + CLASSES)
   assert flax_model.default_boxes(SIZE).shape == (3234, 4)

@@ -14,6 +14,7 @@ location), so regressions and logits line up with the default boxes of the input
 New extra and predictor convs start from N(0, 0.03²) kernels and zero biases, torchvision's
 `_normal_init` of these layers; the backbone keeps its own initialisation.
 """
+import functools
 from typing import Optional, Sequence, Tuple
 
 import jax
@@ -153,4 +154,4 @@ def init_variables(model: SSDLiteMobileNetV3, rng: jax.Array,
   """{'params', 'batch_stats'} of `model` for (1, H, W, 3) inputs; checks the shape first."""
   shape = (1, *image_size, 3)
   options.check_input_shape(shape)
-  return model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
+  return jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros(shape, jnp.float32))

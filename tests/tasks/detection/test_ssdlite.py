@@ -37,7 +37,7 @@ def test_outputs_line_up_with_default_boxes_and_init(model_and_variables):
   kernel = np.asarray(params['extra_0_expand']['conv']['kernel'])
   assert 0.025 < kernel.std() < 0.035 and not np.asarray(params['head']['box_0']['bias']).any()
   x = jax.random.uniform(jax.random.key(1), (2, *SIZE, 3), minval=-1, maxval=1)
-  box, cls = model.apply(variables, x)
+  box, cls = jax.jit(model.apply)(variables, x)
   a = len(model.default_boxes(SIZE))
   assert box.shape == (2, a, 4) and cls.shape == (2, a, 4) and box.dtype == jnp.float32
 
@@ -63,7 +63,7 @@ def test_jitted_training_step_and_detections(model_and_variables):
   assert np.abs(np.asarray(grads['head']['class_0']['kernel'])).max() > 0
   assert not np.allclose(updates['batch_stats']['extra_0_expand']['bn']['mean'],
                          variables['batch_stats']['extra_0_expand']['bn']['mean'])
-  box, cls = model.apply(variables, x)
+  box, cls = jax.jit(model.apply)(variables, x)
   detect = jax.jit(jax.vmap(functools.partial(postprocess.detections, anchors=anchors,
                                               image_size=SIZE, max_detections=10)))
   out = detect(box, cls)
