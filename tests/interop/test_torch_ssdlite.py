@@ -1,8 +1,9 @@
-"""torchvision SSDLite320 MobileNetV3 Large -> Flax: raw head outputs equal torchvision's; what
-does not fit is named.
+"""torchvision SSDLite320 MobileNetV3 -> Flax: raw head outputs equal torchvision's; parameter
+count; what does not fit is named.
 
 The reference is torchvision's own ssdlite320_mobilenet_v3_large (weights=None,
-weights_backbone=None: the reduced tail its COCO weights have) with random weights and random
+weights_backbone=None: the reduced tail its COCO weights have), or the same construction on
+mobilenet_v3_small (torchvision has no Small builder), with random weights and random
 BatchNorm statistics (tests/interop/torch_reference.py); its backbone and head are called directly,
 as SSD.forward calls them, on images its transform normalises ((x - 0.5) / 0.5), in float64. Ours
 sees the same images as 2x - 1.
@@ -13,13 +14,15 @@ stride 128-512 extras: 84 of 3234 default boxes) torchvision's own float32 forwa
 1e-5 to 4e-5 off the exact outputs; there the bound is 2e-4, still far below what any misplaced
 weight gives (> 1e-2).
 """
+import functools
+
 import jax
 import numpy as np
 import pytest
 import torch
 
 from mnv3_jax.interop import torch_ssdlite
-from mnv3_jax.tasks.detection import anchors
+from mnv3_jax.tasks.detection import anchors, ssdlite
 from tests.interop import torch_reference
 from tests.tasks.detection import torchvision_detection as tv
 
@@ -41,11 +44,25 @@ class RawOutputs(torch.nn.Module):
     return torch.cat([out['bbox_regression'], out['cls_logits']], -1)
 
 
-@pytest.fixture(scope='module')
-def reference():
-  """(torchvision's SSD, its randomised RawOutputs), built once."""
-  model = tv.ssdlite.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                                  num_classes=CLASSES)
+def torchvision_ssdlite(variant, num_classes=CLASSES):
+  """torchvision's SSDLite320 on MobileNetV3 `variant`, as its Large builder makes it."""
+  if variant == 'large':
+    return tv.ssdlite.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                    num_classes=num_classes)
+  norm = functools.partial(torch.nn.BatchNorm2d, eps=0.001, momentum=0.03)
+  backbone = tv.ssdlite._mobilenet_extractor(  # pylint: disable=protected-access
+      tv.mobilenetv3.mobilenet_v3_small(norm_layer=norm, reduced_tail=True), 6, norm)
+  boxes = tv.anchor_utils.DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+  head = tv.ssdlite.SSDLiteHead(tv.det_utils.retrieve_out_channels(backbone, SIZE),
+                                boxes.num_anchors_per_location(), num_classes, norm)
+  return tv.ssd.SSD(backbone, boxes, SIZE, num_classes, head=head, image_mean=[0.5] * 3,
+                    image_std=[0.5] * 3)
+
+
+@functools.lru_cache(maxsize=None)
+def reference(variant='large'):
+  """(torchvision's SSD, its randomised RawOutputs), built once per variant."""
+  model = torchvision_ssdlite(variant)
   return model, torch_reference.randomize(RawOutputs(model), seed=0, image_size=SIZE)
 
 
@@ -63,13 +80,14 @@ def relative_errors(got, want):
                     for p in (slice(0, 4), slice(4, None))] for m in map_slices()])
 
 
-def test_raw_outputs_equal_torchvision(reference):
-  model, raw = reference
+@pytest.mark.parametrize('variant', ['large', 'small'])
+def test_raw_outputs_equal_torchvision(variant):
+  model, raw = reference(variant)
   images01 = np.random.default_rng(1).uniform(0, 1, (2, *SIZE, 3)).astype(np.float32)
   nchw = torch.stack([model.transform.normalize(torch.from_numpy(i.transpose(2, 0, 1)))
                       for i in images01])
   want = torch_reference.logits(raw, nchw.numpy().transpose(0, 2, 3, 1))    # float64
-  flax_model = torch_ssdlite.torchvision_model(num_classes=CLASSES, depthwise_impl='conv')
+  flax_model = torch_ssdlite.torchvision_model(variant, CLASSES, depthwise_impl='conv')
   variables = torch_ssdlite.from_torchvision(raw.state_dict(), flax_model)
   box, cls = jax.jit(flax_model.apply)(variables, images01 * 2 - 1)
   got = np.concatenate([box, cls], -1)
@@ -84,8 +102,16 @@ def test_raw_outputs_equal_torchvision(reference):
   assert relative_errors(torch_float32, want)[3:].max() > TOLERANCE
 
 
-def test_variables_land_where_they_belong(reference):
-  state = reference[1].state_dict()
+def test_parameter_count_is_torchvisions():
+  """3,440,060 for 91 classes: torchvision's figure for its COCO weights."""
+  model = torch_ssdlite.torchvision_model(num_classes=91)
+  shapes = jax.eval_shape(lambda rng: ssdlite.init_variables(model, rng), jax.random.key(0))
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(shapes['params'])) == 3_440_060
+  assert sum(p.numel() for p in torchvision_ssdlite('large', 91).parameters()) == 3_440_060
+
+
+def test_variables_land_where_they_belong():
+  state = reference()[1].state_dict()
   variables = torch_ssdlite.from_torchvision(state, torch_ssdlite.torchvision_model(
       num_classes=CLASSES))
   params, stats = variables['params'], variables['batch_stats']
@@ -103,8 +129,8 @@ def test_variables_land_where_they_belong(reference):
                                 state['head.classification_head.module_list.5.1.bias'].numpy())
 
 
-def test_what_does_not_fit_is_named(reference):
-  state = dict(reference[1].state_dict())
+def test_what_does_not_fit_is_named():
+  state = dict(reference()[1].state_dict())
   model = torch_ssdlite.torchvision_model(num_classes=CLASSES)
   with pytest.raises(ValueError, match=r"backbone.reduced_tail='none' \(needs 'torchvision'\)"):
     torch_ssdlite.from_torchvision(state, model.clone(

@@ -16,6 +16,7 @@ torch.set_num_threads(1)   # see tests/interop/torch_reference.py: a shared 2-co
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 from torchvision.models.detection import _utils as det_utils
+from torchvision.models import mobilenetv3
 from torchvision.models.detection import anchor_utils, ssd, ssdlite
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
