@@ -21,7 +21,7 @@ FIRST_STRIDE = 16   # C4, the first map SSDLite predicts from; every later map h
 
 
 def _check_size(image_size) -> Tuple[int, int]:
-  if (len(tuple(image_size)) != 2 or
+  if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or
       not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
               for v in image_size)):
     raise ValueError(f'Invalid image_size {image_size!r}; allowed: (height, width), integers >= 1.')

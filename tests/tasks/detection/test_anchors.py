@@ -45,6 +45,7 @@ def test_map_sizes_are_those_of_torchvision_ssdlite():
 @pytest.mark.parametrize('call, match', [
     (lambda: anchors.default_boxes((320,)), r'Invalid image_size \(320,\)'),
     (lambda: anchors.default_boxes((0, 320)), r'Invalid image_size \(0, 320\)'),
+    (lambda: anchors.feature_map_sizes(320), r'Invalid image_size 320'),
     (lambda: anchors.default_boxes((32, 32), min_ratio=0.9, max_ratio=0.2),
      r'Invalid \(min_ratio, max_ratio\) \(0.9, 0.2\)'),
     (lambda: anchors.default_boxes((32, 32), aspect_ratios=[[2, -1]]), 'Invalid aspect_ratios'),
