@@ -142,3 +142,14 @@ def test_what_does_not_fit_is_named():
   with pytest.raises(ValueError, match=r'(?s)left unused: head.extra_weight \(256, 480, 1, 1\).*'
                      r'without a torchvision weight: params/extra_0_expand/conv/kernel'):
     torch_ssdlite.from_torchvision(state, model)
+
+
+def test_imports_from_a_file(tmp_path):
+  state = reference()[1].state_dict()
+  path = tmp_path / 'ssdlite.pth'
+  torch.save(state, path)
+  model = torch_ssdlite.torchvision_model(num_classes=CLASSES)
+  jax.tree.map(np.testing.assert_array_equal, torch_ssdlite.from_torchvision(path, model),
+               torch_ssdlite.from_torchvision(state, model))
+  with pytest.raises(ValueError, match='source must be a state dict or a file path; got int'):
+    torch_ssdlite.from_torchvision(3, model)
