@@ -61,6 +61,13 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_init_fraction=0.1, decay_rate=0.99, decay_epochs=3.0, staircase=True,
       rmsprop_decay=0.9, momentum=0.9, epsilon=0.002, weight_decay=1e-5,
       initial_scale=1.0))    # RMSProp accumulator start: TF1 1.0; Model Garden (Keras v2) 0.0
+  # Quantization-aware training: 'none' (float) or 'qat' (TFLite int8 simulated in training:
+  # mnv3_jax/compress/qat_model.py; configs/qat.py is the fine-tuning recipe). The BatchNorm
+  # statistics and the activation ranges stop moving after these epochs; ranges move by
+  # 1 - range_decay per step (torchvision's observers: 0.01).
+  c.quant = 'none'
+  c.qat = ml_collections.ConfigDict(dict(
+      freeze_bn_epochs=3.0, freeze_ranges_epochs=4.0, range_decay=0.99))
   c.label_smoothing = 0.1
   c.ema_decay = 0.9999
   c.log_every_steps = 100

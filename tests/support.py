@@ -11,7 +11,6 @@ import numpy as np
 
 from configs import demo
 from mnv3_jax.data import input_pipeline
-from mnv3_jax.model import MobileNetV3
 from mnv3_jax.model import blocks
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import checkpointing
@@ -107,9 +106,10 @@ def restore_state(config, workdir):
   """(train state, step) of the newest checkpoint of a run of `config` in `workdir`."""
   ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
   mesh = sharding.make_mesh()
-  model = MobileNetV3(**config.model)
+  model = trainer.build_model(config)
   schedule, tx = trainer.build_optimizer(config, steps_per_epoch(config))
-  init_fn, _, _ = steps.jit_steps(model, tx, schedule, config, mesh)
+  init_fn, _, _ = steps.jit_steps(model, tx, schedule, config, mesh,
+                                  trainer.qat_freeze(config, steps_per_epoch(config)))
   try:
     return ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
   finally:

@@ -64,21 +64,23 @@ class MovingRangeQuant(nn.Module):
   The range lives in the 'quant_stats' collection ({'min', 'max', 'seen'}); it always contains 0,
   as TFLite's activation ranges do. Training (`update=True`, the collection mutable) moves it
   towards each batch's min/max by `1 - decay` (the first batch sets it), then quantizes with the
-  updated range; otherwise (evaluation, or frozen after N epochs) it quantizes with the stored one.
-  Under jit with a sharded batch, the min/max are those of the global batch.
+  updated range, unless `frozen` (a bool, maybe traced: QAT freezes the ranges after N epochs);
+  otherwise (evaluation) it quantizes with the stored one. Under jit with a sharded batch, the
+  min/max are those of the global batch.
   """
   decay: float = 0.999
   num_bits: int = 8
 
   @nn.compact
-  def __call__(self, x: jax.Array, update: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, update: bool, frozen=False) -> jax.Array:
     lo = self.variable(QUANT_STATS, 'min', lambda: jnp.zeros((), jnp.float32))
     hi = self.variable(QUANT_STATS, 'max', lambda: jnp.zeros((), jnp.float32))
     seen = self.variable(QUANT_STATS, 'seen', lambda: jnp.zeros((), jnp.bool_))
     if update and not self.is_initializing():
       batch = jax.lax.stop_gradient(x.astype(jnp.float32))
       batch_lo, batch_hi = jnp.minimum(jnp.min(batch), 0.0), jnp.maximum(jnp.max(batch), 0.0)
-      keep = jnp.where(seen.value, self.decay, 0.0)
+      # A range never seen is set even when frozen: a frozen empty range would zero the tensor.
+      keep = jnp.where(seen.value, jnp.where(frozen, 1.0, self.decay), 0.0)
       lo.value = keep * lo.value + (1 - keep) * batch_lo
       hi.value = keep * hi.value + (1 - keep) * batch_hi
       seen.value = jnp.ones((), jnp.bool_)

@@ -35,7 +35,8 @@ from ml_collections import config_flags
 
 from mnv3_jax import cli_errors
 from mnv3_jax.data import input_pipeline
-from mnv3_jax.export import staging
+from mnv3_jax.compress import qat_model
+from mnv3_jax.export import qat_graph, staging
 from mnv3_jax.ops import pointwise
 from mnv3_jax.interop import pretrained
 from mnv3_jax import console
@@ -180,12 +181,17 @@ def export(model: model_lib.MobileNetV3, variables: Dict[str, Any], out: str, *,
   after the float32 conversion when its logits are not within FLOAT_TOLERANCE of Flax's.
   data_config: the input pipeline's config (needed for int8: calibration images of size
   `image_size`); recorded for `benchmark_tflite`. Returns the export.json content.
+
+  When `variables` hold a quantization-aware trained run's ranges ('quant_stats'), the int8 model
+  is the QAT network with those ranges (`qat_graph`), not a calibration: what was trained ships.
   """
   staging.check_out(out)
   name = source or 'the export source'
-  if int8 and data_config is None:
+  ranges = variables.get('quant_stats')
+  variables = {k: variables[k] for k in ('params', 'batch_stats')}
+  if int8 and data_config is None and ranges is None:
     raise ValueError('int8 export needs a data config for its calibration images (--config).')
-  if int8:
+  if int8 and ranges is None:
     _check_calibration(calibration_images, batch_size)
   model_lib.check_input_shape((batch_size, image_size, image_size, 3))
   pretrained.check_fits(jax.tree.map(np.shape, variables), model, name)
@@ -198,12 +204,10 @@ def export(model: model_lib.MobileNetV3, variables: Dict[str, Any], out: str, *,
       f.write(to_tflite(saved_model))
     diff = check_float32(files['float32'], model, variables, name)
     if int8:
-      data_config = ml_collections.ConfigDict(data_config).copy_and_resolve_references()
-      data_config.image_size = image_size
       files['int8'] = os.path.join(tmp, INT8_FILE)
       with open(files['int8'], 'wb') as f:
-        f.write(to_tflite(saved_model, calibration_data(data_config, calibration_images,
-                                                        batch_size)))
+        f.write(_int8(model, variables, ranges, saved_model, data_config, image_size, batch_size,
+                      calibration_images))
     info = {
         'source': source, 'model': pretrained.model_options(export_model(model)),
         'input': INPUT_DOC.replace('N', str(batch_size)).replace('S', str(image_size)),
@@ -211,12 +215,27 @@ def export(model: model_lib.MobileNetV3, variables: Dict[str, Any], out: str, *,
         'files': {k: os.path.basename(v) for k, v in files.items()},
         'bytes': {k: os.path.getsize(v) for k, v in files.items()},
         'float32_max_rel_diff_vs_flax': diff,
+        'int8_ranges': None if not int8 else (
+            'trained (quantization-aware)' if ranges is not None
+            else f'calibrated on {calibration_images} training images'),
         'data': None if data_config is None else ml_collections.ConfigDict(data_config).to_dict(),
     }
     with open(os.path.join(tmp, INFO_FILE), 'w') as f:
       json.dump(info, f, indent=2, default=str)
   logging.info('Exported %s to %s: %s', source, out, info['bytes'])
   return info
+
+def _int8(model, variables, ranges, saved_model: str, data_config, image_size: int,
+          batch_size: int, calibration_images: int) -> bytes:
+  """The int8 flatbuffer: the QAT network with its trained `ranges`, or post-training quantized
+  with ranges calibrated on training images (`ranges` None)."""
+  if ranges is not None:
+    qat = qat_model.QATMobileNetV3.from_model(export_model(model))
+    return qat_graph.to_tflite(qat, {**variables, 'quant_stats': ranges}, image_size, batch_size)
+  data_config = ml_collections.ConfigDict(data_config).copy_and_resolve_references()
+  data_config.image_size = image_size
+  return to_tflite(saved_model, calibration_data(data_config, calibration_images, batch_size))
+
 
 FLAGS = flags.FLAGS
 
@@ -229,7 +248,8 @@ def _define_flags():
   flags.DEFINE_string('out', None, 'New directory for the SavedModel, the .tflite files and '
                       'export.json.')
   flags.DEFINE_enum('weights', 'ema', pretrained.WEIGHTS, 'Which weights of a training checkpoint.')
-  flags.DEFINE_bool('int8', False, 'Also write the int8 post-training quantized model.')
+  flags.DEFINE_bool('int8', False, 'Also write the int8 model: with the trained ranges of a '
+                    'quantization-aware (config.quant=qat) run, else post-training quantized.')
   flags.DEFINE_integer('image_size', 0, 'Input side S; 0: the data config\'s image_size.')
   flags.DEFINE_integer('batch_size', 1, 'Fixed batch size of the exported models.')
   flags.DEFINE_integer('calibration_images', 200, 'Training images for int8 calibration.')

@@ -124,7 +124,8 @@ def load(path, weights: str = 'ema') -> Tuple[Dict[str, Any], Dict[str, Any], Op
 
   weights: 'ema' (the moving averages, which the trainer's ema_top1 evaluates) or 'raw'; ignored
   for a variables checkpoint. Returns ({'params', 'batch_stats'} of numpy arrays, the model's
-  options (a dict for MobileNetV3(**...)), the run's data config dict or None). Raises
+  options (a dict for MobileNetV3(**...)), the run's data config dict or None); a QAT run's
+variables also hold its activation ranges, 'quant_stats'. Raises
   DamagedCheckpointError (a ValueError) naming the checkpoint if any array is unreadable or
   differs from its fingerprint.
   """
@@ -137,6 +138,8 @@ def load(path, weights: str = 'ema') -> Tuple[Dict[str, Any], Dict[str, Any], Op
   prefix = 'ema_' if weights == 'ema' else ''
   variables = {'params': restored[prefix + 'params'],
                'batch_stats': restored[prefix + 'batch_stats']}
+  if restored.get('quant_stats'):     # a quantization-aware trained run's activation ranges
+    variables['quant_stats'] = restored['quant_stats']
   return variables, config['model'], config.get('data')
 
 
@@ -183,6 +186,7 @@ def init_variables(path, model: model_lib.MobileNetV3) -> Dict[str, Any]:
     variables, _, _ = load(path, 'ema')
   except fingerprints_lib.DamagedCheckpointError as e:
     raise fingerprints_lib.DamagedCheckpointError(f'Invalid init_from {path!r}: {e}') from e
+  variables = {k: variables[k] for k in ('params', 'batch_stats')}   # not a QAT run's ranges
   check_fits(jax.tree.map(np.shape, variables), model, f'init_from {path}')
   return variables
 

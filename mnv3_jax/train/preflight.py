@@ -17,6 +17,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
+from mnv3_jax.compress.qat_model import QATMobileNetV3
 from mnv3_jax.data import input_pipeline
 from mnv3_jax.interop import pretrained
 from mnv3_jax.parallel import sharding
@@ -69,6 +70,10 @@ FIELDS = (
     ('optim.epsilon', 'a finite number > 0', _real(lambda v: v > 0)),
     ('optim.weight_decay', 'a finite number >= 0', _real(lambda v: v >= 0)),
     ('optim.initial_scale', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('quant', "'none' or 'qat'", lambda v: v in ('none', 'qat')),
+    ('qat.freeze_bn_epochs', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('qat.freeze_ranges_epochs', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('qat.range_decay', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
     ('label_smoothing', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
     # 1 is allowed: the EMA then follows TF's warm-up decay (1 + t) / (10 + t) throughout.
     ('ema_decay', 'a number in [0, 1]', _real(lambda v: 0 <= v <= 1)),
@@ -196,6 +201,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, mesh) -> Check
   # The data module's own checks too (fields it adds later are then checked here as well).
   input_pipeline.check_config(config.data)
   model = check_model(config.model.to_dict())  # validates every model option ('auto' dtype too)
+  if config.quant == 'qat':
+    QATMobileNetV3.from_model(model).check()
   sharding.check_batch_size(config.batch_size, mesh)
   steps.check_bn_stats(config.bn_stats)
   initial = pretrained.init_variables(config.init_from, model) if config.init_from else None

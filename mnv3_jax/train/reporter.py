@@ -92,16 +92,19 @@ class Reporter:
   def evaluation(self, step: int, metrics: Mapping[str, float], best: bool,
                  saved: Sequence[str], seconds: float, with_compile: bool = False,
                  save_seconds: float = 0.0) -> None:
-    """One line per evaluation: raw and EMA top-1, whether it is the best, what was saved (and
-    how long starting the saves took, when it took a second or more)."""
+    """One line per evaluation: raw and EMA top-1, whether it is the best, (in QAT, the float
+    EMA weights' top-1), what was saved (and how long starting the saves took, when it took a
+    second or more)."""
     self._last_line = self._clock()
     saving = f'  saved {", ".join(saved)}' if saved else ''
     if saved and save_seconds >= 1:
       saving += f' in {save_seconds:.1f} s'
-    _log('eval step %*d/%d  top1 %.1f%%  EMA top1 %.1f%%%s  %d images in %.1f s%s%s',
+    float_ema = ('' if 'float_ema_top1' not in metrics else
+                 f'  float EMA top1 {100 * metrics["float_ema_top1"]:.1f}%')
+    _log('eval step %*d/%d  top1 %.1f%%  EMA top1 %.1f%%%s%s  %d images in %.1f s%s%s',
          self._width, step, self.total_steps, 100 * metrics['eval_top1'],
-         100 * metrics['ema_top1'], ' (best)' if best else '', metrics['eval_count'], seconds,
-         ' (with compile)' if with_compile else '', saving)
+         100 * metrics['ema_top1'], ' (best)' if best else '', float_ema, metrics['eval_count'],
+         seconds, ' (with compile)' if with_compile else '', saving)
 
   def stopped(self, step: int, why: str, saved: str) -> None:
     logging.warning('stopped at step %d (%s); checkpoint %s. Rerun the same command to resume.',

@@ -1,7 +1,7 @@
 """The functional core of training: the train state and the pure train and eval steps.
 
-`train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch_stats, batch) ->
-metrics` are pure; `jit_steps` compiles them with the batch sharded over the mesh's 'data' axis
+`train_step(state, batch) -> (state, metrics)` and `eval_step(variables, batch) -> metrics` are
+pure; `jit_steps` compiles them with the batch sharded over the mesh's 'data' axis
 and the state replicated (donated in the train step). Side effects live in `train.trainer`.
 
 BatchNorm statistics in training (`config.bn_stats`):
@@ -12,9 +12,13 @@ BatchNorm statistics in training (`config.bn_stats`):
   Gradients and metrics are averaged over devices, and so are the new BN running averages (which
   keeps them replicated: the running mean is the global batch mean; the running variance is the
   mean of the per-device variances).
+
+Quantization-aware training (`config.quant == 'qat'`, the model a `QATMobileNetV3`): the state
+also carries the moving activation ranges ('quant_stats'); the BatchNorm statistics stop moving at
+step `QATFreeze.bn_step` and the ranges at `QATFreeze.ranges_step` (torchvision's recipe).
 """
 import functools
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import flax
 import jax
@@ -23,6 +27,8 @@ import optax
 from clu import metrics as clu_metrics
 from jax.sharding import PartitionSpec as P
 
+from mnv3_jax.compress.qat_layers import Phase
+from mnv3_jax.compress.qat_model import QATMobileNetV3
 from mnv3_jax.model import fused
 from mnv3_jax.train import optim
 from mnv3_jax.parallel import sharding
@@ -46,6 +52,19 @@ class TrainState:
   opt_state: Any
   ema_params: Any                  # TF-style moving averages, evaluated as "ema_*"
   ema_batch_stats: Any
+  quant_stats: Any = flax.struct.field(default_factory=dict)   # QAT's ranges; {} without QAT
+
+  def variables(self, ema: bool = False) -> dict:
+    """The model's variables: {'params', 'batch_stats'} (EMA or raw), and 'quant_stats' in QAT."""
+    out = ({'params': self.ema_params, 'batch_stats': self.ema_batch_stats} if ema else
+           {'params': self.params, 'batch_stats': self.batch_stats})
+    return {**out, 'quant_stats': self.quant_stats} if self.quant_stats else out
+
+
+class QATFreeze(NamedTuple):
+  """The steps from which QAT's BatchNorm statistics and activation ranges stay fixed."""
+  bn_step: int
+  ranges_step: int
 
 
 @flax.struct.dataclass
@@ -69,10 +88,11 @@ class EvalMetrics(clu_metrics.Collection):
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                        image_size: Tuple[int, int]) -> TrainState:
   """Initial state for (H, W, 3) images; EMA starts equal to the weights (as TF's does)."""
-  variables = model.init(rng, jnp.zeros((1, *image_size, 3), jnp.float32), train=False)
+  variables = model.init(rng, jnp.zeros((1, *image_size, 3), jnp.float32))
   params, batch_stats = variables['params'], variables['batch_stats']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), ema_params=params, ema_batch_stats=batch_stats)
+                    opt_state=tx.init(params), ema_params=params, ema_batch_stats=batch_stats,
+                    quant_stats=variables.get('quant_stats', {}))
 
 
 def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -90,7 +110,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                schedule: Callable[[jax.Array], jax.Array], label_smoothing: float,
-               ema_decay: float, seed: int,
+               ema_decay: float, seed: int, qat_freeze: Optional[QATFreeze] = None,
                axis_name: Optional[str] = None) -> Tuple[TrainState, TrainMetrics]:
   """One RMSProp step on a batch {'image': (B, H, W, 3), 'label': (B,)}.
 
@@ -103,23 +123,27 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
-    logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    logits, updates = _train_forward(model, {**state.variables(), 'params': params},
+                                     batch['image'], state.step, dropout_rng, qat_freeze)
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates['batch_stats'])
+    return loss, (logits, updates)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  batch_stats, quant_stats = updates['batch_stats'], updates.get('quant_stats', {})
   top1 = _topk_correct(logits, batch['label'], 1).mean()
   top5 = _topk_correct(logits, batch['label'], min(5, logits.shape[-1])).mean()
   if axis_name is not None:
     grads, batch_stats, loss, top1, top5 = jax.lax.pmean(
         (grads, batch_stats, loss, top1, top5), axis_name)
+    # Each device saw its own shard's min/max; the replicated ranges are their means.
+    quant_stats = jax.tree.map(
+        lambda v: jax.lax.pmean(v, axis_name) if v.dtype == jnp.float32 else v, quant_stats)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
   new_state = state.replace(
       step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      quant_stats=quant_stats,
       ema_params=optim.ema_update(state.ema_params, params, step, ema_decay),
       ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, step, ema_decay))
   metrics = TrainMetrics.single_from_model_output(
@@ -129,13 +153,28 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   return new_state, metrics
 
 
-def eval_step(params, batch_stats, batch: dict, *, model) -> EvalMetrics:
+def _train_forward(model, variables: dict, images: jax.Array, step: jax.Array, rng: jax.Array,
+                   qat_freeze: Optional[QATFreeze]):
+  """(logits, updated {'batch_stats'[, 'quant_stats']}) of a training forward pass."""
+  rngs = {'dropout': rng}
+  if isinstance(model, QATMobileNetV3):
+    phase = Phase(train=True, bn_frozen=step >= qat_freeze.bn_step,
+                  ranges_frozen=step >= qat_freeze.ranges_step)
+    return model.apply(variables, images, phase, mutable=['batch_stats', 'quant_stats'],
+                       rngs=rngs)
+  return model.apply(variables, images, train=True, mutable=['batch_stats'], rngs=rngs)
+
+
+def eval_step(variables: dict, batch: dict, *, model) -> EvalMetrics:
   """Metrics of one padded batch {'image', 'label', 'mask'}; padding (mask 0) is not counted.
 
-  The forward is `fused.inference_fn`: the fused CPU kernels where they run.
+  variables: `TrainState.variables()`. The forward is `fused.inference_fn` (the fused CPU kernels
+  where they run) for the float model, the deployed int8 arithmetic for a QATMobileNetV3.
   """
-  logits = fused.inference_fn(model)({'params': params, 'batch_stats': batch_stats},
-                                     batch['image'])
+  if isinstance(model, QATMobileNetV3):
+    logits = model.apply(variables, batch['image'])
+  else:
+    logits = fused.inference_fn(model)(variables, batch['image'])
   mask = batch['mask'].astype(jnp.float32)
   return EvalMetrics.single_from_model_output(
       loss=cross_entropy(logits, batch['label'], 0.0), mask=mask,
@@ -143,13 +182,16 @@ def eval_step(params, batch_stats, batch: dict, *, model) -> EvalMetrics:
       top5=_topk_correct(logits, batch['label'], min(5, logits.shape[-1])))
 
 
-def jit_steps(model, tx, schedule, config, mesh):
+def jit_steps(model, tx, schedule, config, mesh, qat_freeze: Optional[QATFreeze] = None):
   """Returns (init_fn, train_fn, eval_fn) compiled for `mesh`; state replicated, batch sharded.
 
   The train step's BatchNorm statistics follow `config.bn_stats` (see the module docstring). The
   steps are traced with `mesh` active, so the native CPU kernels run per device on the sharded
-  batch (`sharding.per_shard`) rather than on an all-gathered copy of it.
+  batch (`sharding.per_shard`) rather than on an all-gathered copy of it. qat_freeze: required
+  when `model` is a QATMobileNetV3.
   """
+  if isinstance(model, QATMobileNetV3) and qat_freeze is None:
+    raise ValueError('A QATMobileNetV3 needs qat_freeze (the steps that freeze BN and ranges).')
   check_bn_stats(config.bn_stats)
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   # The init runs once: on XLA CPU, unoptimized code compiles it ~3x faster (Small: 47 s -> 17 s).
@@ -160,7 +202,7 @@ def jit_steps(model, tx, schedule, config, mesh):
       compiler_options=init_options)
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                            label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-                           seed=config.seed)
+                           seed=config.seed, qat_freeze=qat_freeze)
   if config.bn_stats == 'per_device':
     axis = sharding.DATA_AXIS
     # check_vma=False: gradients stay per device inside the body and are averaged explicitly.
@@ -169,5 +211,5 @@ def jit_steps(model, tx, schedule, config, mesh):
   train_fn = jax.jit(sharding.traced_in_mesh(step, mesh), in_shardings=(rep, data),
                      out_shardings=(rep, rep), donate_argnums=0)
   eval_fn = jax.jit(sharding.traced_in_mesh(functools.partial(eval_step, model=model), mesh),
-                    in_shardings=(rep, rep, data), out_shardings=rep)
+                    in_shardings=(rep, data), out_shardings=rep)
   return init_fn, train_fn, eval_fn

@@ -5,6 +5,7 @@ checkpoint in `workdir` (the data position follows from the restored step: the i
 is deterministic), evaluates raw and EMA weights, and stops cleanly on SIGTERM or orbax's
 preemption notice after writing a checkpoint of the current step.
 """
+import functools
 import json
 import time
 from typing import Optional
@@ -17,6 +18,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
+from mnv3_jax.compress.qat_model import QATMobileNetV3
 from mnv3_jax.data import input_pipeline
 from mnv3_jax.interop import pretrained
 from mnv3_jax.model import MobileNetV3
@@ -50,7 +52,8 @@ def abstract_train_state(init_fn, mesh) -> steps.TrainState:
 def evaluate_weights(eval_fn, weights: dict, data_config, config, mesh) -> dict:
   """One pass over the eval split, each batch decoded once and run through every set of weights.
 
-  weights: {name: (params, batch_stats)}. Returns {name: {'loss', 'top1', 'top5', 'count'}} over
+  weights: {name: variables} (`TrainState.variables()`), or {name: (eval_fn, variables)} to run
+  that set through its own eval step. Returns {name: {'loss', 'top1', 'top5', 'count'}} over
   real examples only.
   """
   batches = input_pipeline.eval_iterator(
@@ -58,8 +61,9 @@ def evaluate_weights(eval_fn, weights: dict, data_config, config, mesh) -> dict:
       process_count=jax.process_count())
   totals = {}
   for batch in sharding.prefetch_to_mesh(batches, mesh):
-    for name, (params, batch_stats) in weights.items():
-      metrics = eval_fn(params, batch_stats, batch)
+    for name, variables in weights.items():
+      fn, variables = variables if isinstance(variables, tuple) else (eval_fn, variables)
+      metrics = fn(variables, batch)
       totals[name] = metrics if name not in totals else totals[name].merge(metrics)
   out = {}
   for name, total in totals.items():
@@ -68,9 +72,9 @@ def evaluate_weights(eval_fn, weights: dict, data_config, config, mesh) -> dict:
   return out
 
 
-def evaluate(eval_fn, params, batch_stats, data_config, config, mesh) -> dict:
+def evaluate(eval_fn, variables, data_config, config, mesh) -> dict:
   """`evaluate_weights` of one set of weights: {'loss', 'top1', 'top5', 'count'}."""
-  return evaluate_weights(eval_fn, {'': (params, batch_stats)}, data_config, config, mesh)['']
+  return evaluate_weights(eval_fn, {'': variables}, data_config, config, mesh)['']
 
 
 def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
@@ -118,14 +122,32 @@ def _lock_workdir(workdir: str) -> workdir_lock.Lock:
   return lock
 
 
+def build_model(config: ml_collections.ConfigDict):
+  """The network `config` trains: MobileNetV3(**config.model), or its QAT form (config.quant)."""
+  model = MobileNetV3(**config.model)
+  if config.quant == 'qat':
+    return QATMobileNetV3.from_model(model, config.qat.range_decay)
+  return model
+
+
+def qat_freeze(config: ml_collections.ConfigDict, steps_per_epoch: int) -> steps.QATFreeze:
+  """config.qat's freeze epochs as steps."""
+  return steps.QATFreeze(bn_step=round(config.qat.freeze_bn_epochs * steps_per_epoch),
+                         ranges_step=round(config.qat.freeze_ranges_epochs * steps_per_epoch))
+
+
 def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
   info = checked.info
-  model = MobileNetV3(**config.model)
+  model = build_model(config)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else max(1, int(config.num_epochs * steps_per_epoch)))
   schedule, tx = build_optimizer(config, steps_per_epoch)
-  init_fn, train_fn, eval_fn = steps.jit_steps(model, tx, schedule, config, mesh)
+  init_fn, train_fn, eval_fn = steps.jit_steps(model, tx, schedule, config, mesh,
+                                               qat_freeze(config, steps_per_epoch))
+  float_eval_fn = None
+  if config.quant == 'qat':    # the float EMA weights are evaluated too
+    float_eval_fn = steps.jit_steps(model.float_model, tx, schedule, config, mesh)[2]
 
   ckpt = checkpointing.Checkpointer(
       workdir, save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
@@ -140,7 +162,7 @@ def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
     checkpointing.save_config(workdir, config)
     writer = _metric_writer(workdir)
     report = reporter.Reporter(total_steps, start_step or 0)
-    report.header(run_header.lines(model, config, info, mesh, steps_per_epoch, total_steps,
+    report.header(run_header.lines(MobileNetV3(**config.model), config, info, mesh, steps_per_epoch, total_steps,
                                    workdir, start_step))
     if state is None:
       state, start_step = init_fn(jax.random.key(config.seed)), 0
@@ -153,8 +175,9 @@ def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
       logging.info('The checkpoint at step %d has finished training (%d steps): nothing to do.',
                    start_step, total_steps)
       return None
-    result = _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir,
-                         mesh, writer, ckpt, stop, report)
+    result = _train_loop(state, start_step, total_steps, train_fn,
+                         functools.partial(_evaluate_both, eval_fn, float_eval_fn), config,
+                         workdir, mesh, writer, ckpt, stop, report)
     ckpt.wait_until_finished()      # a failed background save surfaces here, not silently
     if result is not None:
       report.final(total_steps, result, ckpt.best())
@@ -165,9 +188,12 @@ def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
       writer.close()
 
 
-def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workdir, mesh,
+def _train_loop(state, start_step, total_steps, train_fn, evaluate_state, config, workdir, mesh,
                 writer, ckpt, stop, report) -> Optional[dict]:
-  """Steps from `start_step` to `total_steps`; returns the last eval metrics (None if stopped)."""
+  """Steps from `start_step` to `total_steps`; returns the last eval metrics (None if stopped).
+
+  evaluate_state(state, config, mesh) -> the eval metrics of the state (`_evaluate_both`).
+  """
   train_batches = input_pipeline.train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
@@ -213,7 +239,7 @@ def _train_loop(state, start_step, total_steps, train_fn, eval_fn, config, workd
       if first_eval:
         report.compiling('evaluation step')
       started = time.monotonic()
-      eval_metrics = _evaluate_both(eval_fn, state, config, mesh)
+      eval_metrics = evaluate_state(state, config, mesh)
       seconds = time.monotonic() - started
       writer.write_scalars(step, eval_metrics)
       best = ckpt.best()
@@ -250,13 +276,15 @@ def _with_workdir_config(error, workdir: str, config) -> Exception:
       + '; '.join(diffs) + '.')
 
 
-def _evaluate_both(eval_fn, state, config, mesh) -> dict:
-  """Evaluates the raw and the EMA weights: {'eval_top1', ..., 'ema_top1', ...}."""
-  both = evaluate_weights(eval_fn, {'raw': (state.params, state.batch_stats),
-                                    'ema': (state.ema_params, state.ema_batch_stats)},
-                         config.data, config, mesh)
-  return {**{f'eval_{k}': v for k, v in both['raw'].items()},
-          **{f'ema_{k}': v for k, v in both['ema'].items()}}
+def _evaluate_both(eval_fn, float_eval_fn, state, config, mesh) -> dict:
+  """Evaluates the raw and the EMA weights: {'eval_top1', ..., 'ema_top1', ...}; in QAT both
+  through the quantized model, and the EMA weights through the float one ('float_ema_*')."""
+  weights = {'eval': state.variables(), 'ema': state.variables(ema=True)}
+  if float_eval_fn is not None:
+    weights['float_ema'] = (float_eval_fn, {'params': state.ema_params,
+                                            'batch_stats': state.ema_batch_stats})
+  results = evaluate_weights(eval_fn, weights, config.data, config, mesh)
+  return {f'{name}_{k}': v for name, metrics in results.items() for k, v in metrics.items()}
 
 
 def _metric_writer(workdir: str) -> metric_writers.MetricWriter:

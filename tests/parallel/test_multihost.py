@@ -131,9 +131,8 @@ def test_pod_trains_as_one_process_and_hands_over_its_checkpoint(data_dir, tmp_p
   assert found, logs(log_dir)
   assert 'eval step' not in (log_dir / 'worker_1.log').read_text()
   mesh, _, _, eval_fn = one_process(config)
-  raw, ema = (trainer.evaluate(eval_fn, params, stats, config.data, config, mesh)
-              for params, stats in ((state.params, state.batch_stats),
-                                    (state.ema_params, state.ema_batch_stats)))
+  raw, ema = (trainer.evaluate(eval_fn, state.variables(ema), config.data, config, mesh)
+              for ema in (False, True))
   assert found.groups() == (f"{100 * raw['top1']:.1f}", f"{100 * ema['top1']:.1f}", '37')
   assert raw['count'] == 37
 

@@ -63,7 +63,7 @@ def test_eval_counts_every_example_once(data_dir, examples, process_count):
   config = tiny_config(data_dir)
   config.data.eval_split = f'test[:{examples}]'
   mesh = sharding.make_mesh(jax.devices()[:8])
-  eval_fn = jax.jit(lambda b: steps.eval_step({}, {}, b, model=FixedLogits()))
+  eval_fn = jax.jit(lambda b: steps.eval_step({}, b, model=FixedLogits()))
   total, counts, labels = None, [], []
   for index in range(process_count):
     batches = list(input_pipeline.eval_iterator(   # 48: 48, 24, 16 per process; 8 devices each

@@ -2,12 +2,13 @@
 
 Each 64x64 RGB scene holds 1-3 shapes on a textured background; the mask gives every pixel's class:
   0 background, 1 disk, 2 rectangle (any aspect 1:2..2:1, rotated), 3 triangle (rotated),
-where a later shape covers an earlier one (so the mask is what is visible). Shapes are 16-40
+where a later shape covers an earlier one (so the mask is what is visible). Shapes are ~20-45
 pixels across and may leave the frame. Colour tells the classes apart only partly: a shape's hue
-is drawn around its class's (red, green, blue for classes 1, 2, 3) with a spread of 0.15 of the
-hue circle (so neighbouring classes overlap), saturation 0.35-1 and value 0.45-1; the background
-is a blend of two colours of saturation 0-0.6 (it overlaps the shapes' range) with low-frequency
-texture and pixel noise on everything. A network must use shape, not colour alone.
+is drawn around its class's (red, green, blue for classes 1, 2, 3) with a spread of 0.12 of the
+hue circle (neighbouring classes overlap: the nearest class hue is right for ~82% of shape
+pixels), saturation 0.35-1 and value 0.45-1; the background is a blend of two colours of
+saturation 0-0.6 (it overlaps the shapes' range) with low-frequency texture and pixel noise on
+everything. A network must use shape, not colour alone.
 
 The dataset is deterministic: example i of a split is drawn from
 `np.random.default_rng((SEED, split number, i))`. `prepare(data_dir)` writes it once as the TFDS
@@ -26,7 +27,7 @@ SIZE = 64
 SPLITS = {'train': 2000, 'test': 300}
 SEED = 20261201
 _HUES = {1: 0.0, 2: 1 / 3, 3: 2 / 3}
-_HUE_SPREAD = 0.15
+_HUE_SPREAD = 0.12
 
 
 def _hsv(h, s, v) -> np.ndarray:
@@ -48,14 +49,14 @@ def _outline(rng: np.random.Generator, cls: int, size: int):
   """Rows and columns of the pixels of a shape of class `cls`, centred anywhere in the image."""
   cy, cx = rng.uniform(0, size, 2)
   if cls == 1:
-    return draw.disk((cy, cx), rng.uniform(8, 18), shape=(size, size))
+    return draw.disk((cy, cx), rng.uniform(10, 20), shape=(size, size))
   angle = rng.uniform(0, 2 * np.pi)
   if cls == 2:
-    h = rng.uniform(12, 32)
+    h = rng.uniform(14, 34)
     w = h * rng.uniform(0.5, 2.0)
     corners = np.array([[-h, -w], [-h, w], [h, w], [h, -w]]) / 2
   else:
-    radius = rng.uniform(10, 22)
+    radius = rng.uniform(12, 24)
     turns = angle + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
     corners = np.stack([np.sin(turns), np.cos(turns)], 1) * radius
     angle = 0.0

@@ -29,7 +29,7 @@ def test_classes_are_balanced_and_colour_alone_does_not_tell_them_apart():
   share = np.bincount(masks.ravel(), minlength=4) / masks.size
   assert 0.6 < share[0] < 0.9 and (share[1:] > 0.03).all(), share
   assert (masks.reshape(60, -1).max(1) > 0).all()   # every scene shows a shape
-  # The nearest class hue names a shape pixel's class often (0.72 here), but far from always.
+  # The nearest class hue names a shape pixel's class often (0.82 here), but far from always.
   shape = masks > 0
   hues = _hue(images[shape])
   centres = np.array([0.0, 1 / 3, 2 / 3])
