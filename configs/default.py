@@ -41,6 +41,9 @@ def options_config(options: dict) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """All fields with the official recipe's values."""
   c = ml_collections.ConfigDict()
+  # 'classification' (this recipe) or 'segmentation' (configs/segmentation.py: LR-ASPP, its own
+  # model/head/data fields); mnv3_jax/tasks/registry.py.
+  c.task = 'classification'
   c.seed = 0
   c.model = options_config(defaults.MODEL)
   c.data = options_config(defaults.DATA)

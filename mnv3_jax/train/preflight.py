@@ -6,125 +6,69 @@ and how to prepare the dataset). `check_config` runs every check, the resume che
 before it creates the workdir; the trainer calls it first.
 """
 import json
-import math
-import numbers
 import os
-import re
 import tempfile
-from typing import Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import ml_collections
 from absl import logging
 from etils import epath
 
-from mnv3_jax.compress.qat_model import QATMobileNetV3
-from mnv3_jax.data import input_pipeline
-from mnv3_jax.interop import pretrained
+from mnv3_jax import config_fields as cf
 from mnv3_jax.parallel import sharding
-from mnv3_jax.train import steps
-from mnv3_jax.model import MobileNetV3
+from mnv3_jax.tasks import base, classification, registry
+from mnv3_jax.train import init_from, steps
 
-AUTOTUNE = -1   # data.num_parallel_calls: tf.data.AUTOTUNE
-
-
-def _int(ok: Callable = lambda v: True) -> Callable:
-  return lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and ok(v)
-
-
-def _real(ok: Callable = lambda v: True) -> Callable:
-  return lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-                    and ok(v))
-
-
-def _pair(ok: Callable) -> Callable:
-  return lambda v: (isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_real(), v))
-                    and ok(*v))
-
-
-def _bool(v) -> bool:
-  return isinstance(v, bool)
-
-
-def _name(v) -> bool:
-  return isinstance(v, str) and bool(v)
-
-
-# Every field a user sets, but model.* (MobileNetV3 checks its options), bn_stats
-# (steps.check_bn_stats) and init_from's target (pretrained.init_variables).
-FIELDS = (
-    ('seed', 'an integer in [0, 2**32)', _int(lambda v: 0 <= v < 2**32)),
-    ('batch_size', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('num_epochs', 'a finite number > 0', _real(lambda v: v > 0)),
+# Every field of every task, but bn_stats (steps.check_bn_stats) and init_from's target
+# (`init_from.read`); the task checks its own fields (data.*, model.*, ...: `Task.check_config`).
+COMMON_FIELDS = (
+    ('task', f'one of {list(registry.TASKS)}', lambda v: v in registry.TASKS),
+    ('seed', 'an integer in [0, 2**32)', cf.integer(lambda v: 0 <= v < 2**32)),
+    ('batch_size', 'an integer >= 1', cf.integer(lambda v: v >= 1)),
+    ('num_epochs', 'a finite number > 0', cf.real(lambda v: v > 0)),
     ('num_train_steps', 'an integer >= 1 (it overrides num_epochs), or -1 (num_epochs decides)',
-     _int(lambda v: v == -1 or v >= 1)),
+     cf.integer(lambda v: v == -1 or v >= 1)),
     ('init_from', "a path ('' = none)", lambda v: isinstance(v, str)),
-    ('optim.base_learning_rate', 'a finite number > 0', _real(lambda v: v > 0)),
-    ('optim.base_batch_size', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('optim.warmup_epochs', 'a finite number >= 0', _real(lambda v: v >= 0)),
-    ('optim.warmup_init_fraction', 'a number in [0, 1]', _real(lambda v: 0 <= v <= 1)),
-    ('optim.decay_rate', 'a number in (0, 1]', _real(lambda v: 0 < v <= 1)),
-    ('optim.decay_epochs', 'a finite number > 0', _real(lambda v: v > 0)),
-    ('optim.staircase', 'True or False', _bool),
-    ('optim.rmsprop_decay', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
-    ('optim.momentum', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
-    ('optim.epsilon', 'a finite number > 0', _real(lambda v: v > 0)),
-    ('optim.weight_decay', 'a finite number >= 0', _real(lambda v: v >= 0)),
-    ('optim.initial_scale', 'a finite number >= 0', _real(lambda v: v >= 0)),
+    ('optim.base_learning_rate', 'a finite number > 0', cf.real(lambda v: v > 0)),
+    ('optim.base_batch_size', 'an integer >= 1', cf.integer(lambda v: v >= 1)),
+    ('optim.warmup_epochs', 'a finite number >= 0', cf.real(lambda v: v >= 0)),
+    ('optim.warmup_init_fraction', 'a number in [0, 1]', cf.real(lambda v: 0 <= v <= 1)),
+    ('optim.decay_rate', 'a number in (0, 1]', cf.real(lambda v: 0 < v <= 1)),
+    ('optim.decay_epochs', 'a finite number > 0', cf.real(lambda v: v > 0)),
+    ('optim.staircase', 'True or False', cf.boolean),
+    ('optim.rmsprop_decay', 'a number in [0, 1)', cf.real(lambda v: 0 <= v < 1)),
+    ('optim.momentum', 'a number in [0, 1)', cf.real(lambda v: 0 <= v < 1)),
+    ('optim.epsilon', 'a finite number > 0', cf.real(lambda v: v > 0)),
+    ('optim.weight_decay', 'a finite number >= 0', cf.real(lambda v: v >= 0)),
+    ('optim.initial_scale', 'a finite number >= 0', cf.real(lambda v: v >= 0)),
     ('quant', "'none' or 'qat'", lambda v: v in ('none', 'qat')),
-    ('qat.freeze_bn_epochs', 'a finite number >= 0', _real(lambda v: v >= 0)),
-    ('qat.freeze_ranges_epochs', 'a finite number >= 0', _real(lambda v: v >= 0)),
-    ('qat.range_decay', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
-    ('label_smoothing', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
+    ('qat.freeze_bn_epochs', 'a finite number >= 0', cf.real(lambda v: v >= 0)),
+    ('qat.freeze_ranges_epochs', 'a finite number >= 0', cf.real(lambda v: v >= 0)),
+    ('qat.range_decay', 'a number in [0, 1)', cf.real(lambda v: 0 <= v < 1)),
+    ('label_smoothing', 'a number in [0, 1)', cf.real(lambda v: 0 <= v < 1)),
     # 1 is allowed: the EMA then follows TF's warm-up decay (1 + t) / (10 + t) throughout.
-    ('ema_decay', 'a number in [0, 1]', _real(lambda v: 0 <= v <= 1)),
-    ('log_every_steps', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('eval_every_steps', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('checkpoint_every_steps', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('keep_checkpoints', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('keep_best', 'an integer >= 0 (0: no best/ checkpoints)', _int(lambda v: v >= 0)),
-    ('profile_first_step', 'an integer >= 0, or -1 (no profile)', _int(lambda v: v >= -1)),
-    ('allow_batch_size_change', 'True or False', _bool),
-    ('data.dataset', "a TFDS name, 'image_folder' or 'digits'", _name),
-    ('data.data_dir', 'a directory, or None (the TFDS default)',
-     lambda v: v is None or isinstance(v, str)),
-    ('data.train_split', 'a split name', _name),
-    ('data.eval_split', 'a split name', _name),
-    ('data.folder_holdout_fraction', 'a number in [0, 1)', _real(lambda v: 0 <= v < 1)),
-    ('data.image_size', 'an integer >= 32', _int(lambda v: v >= 32)),
-    ('data.crop_area_range', '(lo, hi) with 0 < lo <= hi <= 1',
-     _pair(lambda lo, hi: 0 < lo <= hi <= 1)),
-    ('data.aspect_ratio_range', '(lo, hi) with 0 < lo <= hi, finite',
-     _pair(lambda lo, hi: 0 < lo <= hi)),
-    ('data.random_flip', 'True or False', _bool),
-    ('data.eval_crop_fraction', 'a number in (0, 1]', _real(lambda v: 0 < v <= 1)),
-    ('data.shuffle_buffer', 'an integer >= 1', _int(lambda v: v >= 1)),
-    ('data.cache', 'True or False', _bool),
-    ('data.num_parallel_calls', f'an integer >= 1, or {AUTOTUNE} (AUTOTUNE)',
-     _int(lambda v: v == AUTOTUNE or v >= 1)),
+    ('ema_decay', 'a number in [0, 1]', cf.real(lambda v: 0 <= v <= 1)),
+    ('log_every_steps', 'an integer >= 1', cf.integer(lambda v: v >= 1)),
+    ('eval_every_steps', 'an integer >= 1', cf.integer(lambda v: v >= 1)),
+    ('checkpoint_every_steps', 'an integer >= 1', cf.integer(lambda v: v >= 1)),
+    ('keep_checkpoints', 'an integer >= 1', cf.integer(lambda v: v >= 1)),
+    ('keep_best', 'an integer >= 0 (0: no best/ checkpoints)', cf.integer(lambda v: v >= 0)),
+    ('profile_first_step', 'an integer >= 0, or -1 (no profile)', cf.integer(lambda v: v >= -1)),
+    ('allow_batch_size_change', 'True or False', cf.boolean),
 )
+# Those of classification, the default task, too (tests check that every settable field of
+# configs/default.py is named here).
+FIELDS = COMMON_FIELDS + classification.FIELDS
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
-  """Checks each of `FIELDS` in `config`: present, of its type and in its range."""
-  for name, allowed, ok in FIELDS:
-    node = config
-    for part in name.split('.'):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        raise ValueError(f'The config has no field {name}; allowed: a config built on '
-                         'configs/default.py base_config(), which has every field.')
-      node = node[part]
-    if not ok(node):
-      raise ValueError(f'Invalid {name} {node!r}; allowed: {allowed}.')
+  """Checks each of `COMMON_FIELDS` in `config`: present, of its type and in its range."""
+  cf.check_fields(config, COMMON_FIELDS)
 
 
-def check_model(options: dict) -> MobileNetV3:
+def check_model(options: dict):
   """MobileNetV3(**options), its errors naming the field as config.model's (model.width, ...)."""
-  try:
-    return MobileNetV3(**options)
-  except ValueError as e:
-    message = re.sub(rf'^(Invalid|Unknown) ({"|".join(map(re.escape, options))}) ',
-                     r'\1 model.\2 ', str(e))
-    raise ValueError(message if message != str(e) else f'model: {e}') from e
+  return classification.check_model(options)
 
 
 def _check_data_dir(data_dir: Optional[str]) -> None:
@@ -188,30 +132,24 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
 
 class Checked(NamedTuple):
   """What the checks had to read, for the run to use rather than read again."""
-  info: input_pipeline.DatasetInfo
-  init_variables: Optional[dict]   # init_from's verified {'params', 'batch_stats'}, or None
+  info: Any                        # the task's dataset info (num_classes, split sizes)
+  init_variables: Optional[dict]   # init_from's verified weights (`init_from.read`), or None
+  task: base.Task
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str, mesh) -> Checked:
-  """Validates `config` for training in `workdir` on `mesh`.
+  """Validates `config` for training in `workdir` on `mesh`: the common fields, then the task's
+  (its data is opened only to count classes and examples).
 
   Only once everything else passed is the workdir created (if new) and proved writable.
   """
   check_fields(config)
-  # The data module's own checks too (fields it adds later are then checked here as well).
-  input_pipeline.check_config(config.data)
-  model = check_model(config.model.to_dict())  # validates every model option ('auto' dtype too)
-  if config.quant == 'qat':
-    QATMobileNetV3.from_model(model).check()
+  task = registry.get(config)
+  _check_data_dir(config.data.get('data_dir'))
+  info = task.check_config()
   sharding.check_batch_size(config.batch_size, mesh)
   steps.check_bn_stats(config.bn_stats)
-  initial = pretrained.init_variables(config.init_from, model) if config.init_from else None
-  _check_data_dir(config.data.data_dir)
-  info = input_pipeline.get_dataset_info(config.data)
-  if info.num_classes != config.model.num_classes:
-    raise ValueError(f'model.num_classes {config.model.num_classes} does not match dataset '
-                     f'{config.data.dataset!r}, which has {info.num_classes} classes; set '
-                     f'--config.model.num_classes={info.num_classes}.')
+  initial = init_from.read(config, task, task.build_model(info))
   check_resume(config, workdir, info.num_train_examples)
   check_workdir(workdir)
-  return Checked(info, initial)
+  return Checked(info, initial, task)

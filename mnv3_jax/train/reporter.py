@@ -11,12 +11,19 @@ errors only). The full metrics go to TensorBoard; these lines are for the person
   step  50/690   7%  loss 2.230  top1 19.6%  lr 1.62e-03  24.3 steps/s  ETA 0:26
   eval step 200/690  top1 93.3%  EMA top1 92.0% (best)  300 images in 1.4 s  saved checkpoints/200, best/200
   done: 690 steps in 0:42; final EMA top1 96.0% (raw 96.3%); best EMA top1 96.3% at step 600: /tmp/mnv3_demo/best/600
+
+The metrics named are the task's (`Task.report`): a segmentation run prints 'pixel acc' in its
+progress lines and mIoU where classification prints top1.
 """
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 from absl import logging
+
+from mnv3_jax.tasks import base
+
+CLASSIFICATION = base.ReportNames('top1', 'top1', 'top1', 'top1')
 
 
 def duration(seconds: float) -> str:
@@ -40,8 +47,10 @@ class Reporter:
   """
 
   def __init__(self, total_steps: int, start_step: int, min_interval_s: float = 10.0,
-               clock: Callable[[], float] = time.monotonic):
+               clock: Callable[[], float] = time.monotonic,
+               names: base.ReportNames = CLASSIFICATION):
     self.total_steps, self.start_step = total_steps, start_step
+    self._names = names
     self._interval, self._clock = min_interval_s, clock
     self._started = clock()
     self._timed_from: Optional[tuple[int, float]] = None   # (step, time) after the first compile
@@ -80,31 +89,34 @@ class Reporter:
     return self._clock() - self._last_line >= self._interval
 
   def progress(self, step: int, metrics: Mapping[str, float]) -> None:
-    """One progress line: step, %, loss, top-1, learning rate, steps/s, ETA."""
+    """One progress line: step, %, loss, top-1 (the task's train metric), learning rate,
+    steps/s, ETA."""
     self._last_line = self._clock()
     rate = self.steps_per_second(step)
     speed = ('' if rate is None else
              f'  {rate:.1f} steps/s  ETA {duration((self.total_steps - step) / rate)}')
-    _log('step %*d/%d %3d%%  loss %.3f  top1 %.1f%%  lr %.2e%s', self._width, step,
-         self.total_steps, 100 * step // self.total_steps, metrics['loss'],
-         100 * metrics['top1'], metrics['learning_rate'], speed)
+    n = self._names
+    _log('step %*d/%d %3d%%  loss %.3f  %s %.1f%%  lr %.2e%s', self._width, step,
+         self.total_steps, 100 * step // self.total_steps, metrics['loss'], n.train_label,
+         100 * metrics[n.train_metric], metrics['learning_rate'], speed)
 
   def evaluation(self, step: int, metrics: Mapping[str, float], best: bool,
                  saved: Sequence[str], seconds: float, with_compile: bool = False,
                  save_seconds: float = 0.0) -> None:
-    """One line per evaluation: raw and EMA top-1, whether it is the best, (in QAT, the float
+    """One line per evaluation: raw and EMA top-1 (the task's eval metric), whether it is the best, (in QAT, the float
     EMA weights' top-1), what was saved (and how long starting the saves took, when it took a
     second or more)."""
     self._last_line = self._clock()
     saving = f'  saved {", ".join(saved)}' if saved else ''
     if saved and save_seconds >= 1:
       saving += f' in {save_seconds:.1f} s'
-    float_ema = ('' if 'float_ema_top1' not in metrics else
-                 f'  float EMA top1 {100 * metrics["float_ema_top1"]:.1f}%')
-    _log('eval step %*d/%d  top1 %.1f%%  EMA top1 %.1f%%%s%s  %d images in %.1f s%s%s',
-         self._width, step, self.total_steps, 100 * metrics['eval_top1'],
-         100 * metrics['ema_top1'], ' (best)' if best else '', float_ema, metrics['eval_count'],
-         seconds, ' (with compile)' if with_compile else '', saving)
+    key, label = self._names.eval_metric, self._names.eval_label
+    float_ema = ('' if f'float_ema_{key}' not in metrics else
+                 f'  float EMA {label} {100 * metrics[f"float_ema_{key}"]:.1f}%')
+    _log('eval step %*d/%d  %s %.1f%%  EMA %s %.1f%%%s%s  %d images in %.1f s%s%s',
+         self._width, step, self.total_steps, label, 100 * metrics[f'eval_{key}'], label,
+         100 * metrics[f'ema_{key}'], ' (best)' if best else '', float_ema,
+         metrics['eval_count'], seconds, ' (with compile)' if with_compile else '', saving)
 
   def stopped(self, step: int, why: str, saved: str) -> None:
     logging.warning('stopped at step %d (%s); checkpoint %s. Rerun the same command to resume.',
@@ -112,9 +124,11 @@ class Reporter:
 
   def final(self, step: int, metrics: Mapping[str, float], best: Optional[tuple[float, int, str]]
             ) -> None:
-    """The summary: wall time, final EMA (and raw) top-1, the best checkpoint."""
+    """The summary: wall time, final EMA (and raw) top-1 (the task's eval metric), the best
+    checkpoint."""
+    key, label = self._names.eval_metric, self._names.eval_label
     best_text = ('' if best is None else
-                 f'; best EMA top1 {100 * best[0]:.1f}% at step {best[1]}: {best[2]}')
-    _log('done: %d steps in %s; final EMA top1 %.1f%% (raw %.1f%%)%s', step - self.start_step,
-         duration(self._clock() - self._started), 100 * metrics['ema_top1'],
-         100 * metrics['eval_top1'], best_text)
+                 f'; best EMA {label} {100 * best[0]:.1f}% at step {best[1]}: {best[2]}')
+    _log('done: %d steps in %s; final EMA %s %.1f%% (raw %.1f%%)%s', step - self.start_step,
+         duration(self._clock() - self._started), label, 100 * metrics[f'ema_{key}'],
+         100 * metrics[f'eval_{key}'], best_text)

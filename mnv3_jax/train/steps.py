@@ -1,5 +1,9 @@
 """The functional core of training: the train state and the pure train and eval steps.
 
+The task (`mnv3_jax.tasks.base.Task`; classification unless one is given) supplies the loss, the
+train metrics and what an eval batch contributes; the state, optimizer, EMA, sharding and
+BatchNorm handling below are the same for every task.
+
 `train_step(state, batch) -> (state, metrics)` and `eval_step(variables, batch) -> metrics` are
 pure; `jit_steps` compiles them with the batch sharded over the mesh's 'data' axis
 and the state replicated (donated in the train step). Side effects live in `train.trainer`.
@@ -24,14 +28,17 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from clu import metrics as clu_metrics
 from jax.sharding import PartitionSpec as P
 
 from mnv3_jax.compress.qat_layers import Phase
 from mnv3_jax.compress.qat_model import QATMobileNetV3
 from mnv3_jax.model import fused
-from mnv3_jax.train import optim
 from mnv3_jax.parallel import sharding
+from mnv3_jax.tasks import base
+from mnv3_jax.tasks import classification
+# Re-exported: classification's loss and metrics, as they were defined here.
+from mnv3_jax.tasks.classification import EvalMetrics, TrainMetrics, cross_entropy  # pylint: disable=unused-import
+from mnv3_jax.train import optim
 
 
 BN_STATS = ('global', 'per_device')
@@ -67,24 +74,6 @@ class QATFreeze(NamedTuple):
   ranges_step: int
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output('loss')
-  top1: clu_metrics.Average.from_output('top1')
-  top5: clu_metrics.Average.from_output('top5')
-  learning_rate: clu_metrics.LastValue.from_output('learning_rate')
-  grad_norm: clu_metrics.Average.from_output('grad_norm')
-  update_norm: clu_metrics.Average.from_output('update_norm')
-  param_norm: clu_metrics.LastValue.from_output('param_norm')
-
-
-@flax.struct.dataclass
-class EvalMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output('loss')
-  top1: clu_metrics.Average.from_output('top1')
-  top5: clu_metrics.Average.from_output('top5')
-
-
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                        image_size: Tuple[int, int]) -> TrainState:
   """Initial state for (H, W, 3) images; EMA starts equal to the weights (as TF's does)."""
@@ -95,46 +84,36 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                     quant_stats=variables.get('quant_stats', {}))
 
 
-def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """(N,) float32: 1 where the label is among the k highest logits."""
-  topk = jax.lax.top_k(logits, k)[1]
-  return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-  """(N,) smoothed softmax cross-entropy; labels int (N,)."""
-  num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                schedule: Callable[[jax.Array], jax.Array], label_smoothing: float,
                ema_decay: float, seed: int, qat_freeze: Optional[QATFreeze] = None,
-               axis_name: Optional[str] = None) -> Tuple[TrainState, TrainMetrics]:
-  """One RMSProp step on a batch {'image': (B, H, W, 3), 'label': (B,)}.
+               axis_name: Optional[str] = None, task: Optional[base.Task] = None
+               ) -> Tuple[TrainState, Any]:
+  """One RMSProp step on a batch {'image': (B, H, W, 3), 'label': (B,) or (B, H, W)}.
+
+  task: the loss and train metrics (`task.train_metrics`, returned); None: classification with
+  `label_smoothing`.
 
   axis_name None: `batch` is the global batch. Otherwise the step is the body of a shard_map over
   `axis_name`: `batch` is this device's shard, BatchNorm uses its statistics, and gradients, new
   BN running averages and metrics are averaged over the axis (shards must be of equal size).
   """
+  task = task or classification.Classification(label_smoothing=label_smoothing)
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   if axis_name is not None:
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
-    logits, updates = _train_forward(model, {**state.variables(), 'params': params},
-                                     batch['image'], state.step, dropout_rng, qat_freeze)
-    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates)
+    outputs, updates = _train_forward(model, {**state.variables(), 'params': params},
+                                      batch['image'], state.step, dropout_rng, qat_freeze)
+    loss, values = task.loss_and_metrics(outputs, batch, axis_name)
+    return loss, (values, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (values, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   batch_stats, quant_stats = updates['batch_stats'], updates.get('quant_stats', {})
-  top1 = _topk_correct(logits, batch['label'], 1).mean()
-  top5 = _topk_correct(logits, batch['label'], min(5, logits.shape[-1])).mean()
   if axis_name is not None:
-    grads, batch_stats, loss, top1, top5 = jax.lax.pmean(
-        (grads, batch_stats, loss, top1, top5), axis_name)
+    grads, batch_stats, loss, values = jax.lax.pmean(
+        (grads, batch_stats, loss, values), axis_name)
     # Each device saw its own shard's min/max; the replicated ranges are their means.
     quant_stats = jax.tree.map(
         lambda v: jax.lax.pmean(v, axis_name) if v.dtype == jnp.float32 else v, quant_stats)
@@ -146,8 +125,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       quant_stats=quant_stats,
       ema_params=optim.ema_update(state.ema_params, params, step, ema_decay),
       ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, step, ema_decay))
-  metrics = TrainMetrics.single_from_model_output(
-      loss=loss, top1=top1, top5=top5, learning_rate=schedule(state.step),
+  metrics = task.train_metrics.single_from_model_output(
+      loss=loss, **values, learning_rate=schedule(state.step),
       grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
       param_norm=optax.tree.norm(params))
   return new_state, metrics
@@ -155,7 +134,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
 def _train_forward(model, variables: dict, images: jax.Array, step: jax.Array, rng: jax.Array,
                    qat_freeze: Optional[QATFreeze]):
-  """(logits, updated {'batch_stats'[, 'quant_stats']}) of a training forward pass."""
+  """(outputs, updated {'batch_stats'[, 'quant_stats']}) of a training forward pass."""
   rngs = {'dropout': rng}
   if isinstance(model, QATMobileNetV3):
     phase = Phase(train=True, bn_frozen=step >= qat_freeze.bn_step,
@@ -165,25 +144,28 @@ def _train_forward(model, variables: dict, images: jax.Array, step: jax.Array, r
   return model.apply(variables, images, train=True, mutable=['batch_stats'], rngs=rngs)
 
 
-def eval_step(variables: dict, batch: dict, *, model) -> EvalMetrics:
-  """Metrics of one padded batch {'image', 'label', 'mask'}; padding (mask 0) is not counted.
+def eval_step(variables: dict, batch: dict, *, model, task: Optional[base.Task] = None):
+  """What one padded batch {'image', 'label', 'mask'} contributes to the evaluation
+  (`task.eval_outputs`; classification's EvalMetrics without a task); padding (mask 0) does not
+  count.
 
   variables: `TrainState.variables()`. The forward is `fused.inference_fn` (the fused CPU kernels
-  where they run) for the float model, the deployed int8 arithmetic for a QATMobileNetV3.
+  where they run) for a float MobileNetV3 (any other module: its plain apply), the deployed int8
+  arithmetic for a QATMobileNetV3.
   """
+  task = task or classification.Classification(label_smoothing=0.0)
   if isinstance(model, QATMobileNetV3):
-    logits = model.apply(variables, batch['image'])
+    outputs = model.apply(variables, batch['image'])
   else:
-    logits = fused.inference_fn(model)(variables, batch['image'])
-  mask = batch['mask'].astype(jnp.float32)
-  return EvalMetrics.single_from_model_output(
-      loss=cross_entropy(logits, batch['label'], 0.0), mask=mask,
-      top1=_topk_correct(logits, batch['label'], 1),
-      top5=_topk_correct(logits, batch['label'], min(5, logits.shape[-1])))
+    outputs = fused.inference_fn(model)(variables, batch['image'])
+  return task.eval_outputs(outputs, batch)
 
 
-def jit_steps(model, tx, schedule, config, mesh, qat_freeze: Optional[QATFreeze] = None):
+def jit_steps(model, tx, schedule, config, mesh, qat_freeze: Optional[QATFreeze] = None,
+              task: Optional[base.Task] = None):
   """Returns (init_fn, train_fn, eval_fn) compiled for `mesh`; state replicated, batch sharded.
+
+  task: the task of `config` (`mnv3_jax.tasks.registry.get`); None: classification.
 
   The train step's BatchNorm statistics follow `config.bn_stats` (see the module docstring). The
   steps are traced with `mesh` active, so the native CPU kernels run per device on the sharded
@@ -193,16 +175,17 @@ def jit_steps(model, tx, schedule, config, mesh, qat_freeze: Optional[QATFreeze]
   if isinstance(model, QATMobileNetV3) and qat_freeze is None:
     raise ValueError('A QATMobileNetV3 needs qat_freeze (the steps that freeze BN and ranges).')
   check_bn_stats(config.bn_stats)
+  task = task or classification.Classification(config)
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   # The init runs once: on XLA CPU, unoptimized code compiles it ~3x faster (Small: 47 s -> 17 s).
   init_options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
   init_fn = jax.jit(
       functools.partial(create_train_state, model, tx,
-                        image_size=(config.data.image_size,) * 2), out_shardings=rep,
+                        image_size=task.init_image_size()), out_shardings=rep,
       compiler_options=init_options)
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                            label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-                           seed=config.seed, qat_freeze=qat_freeze)
+                           seed=config.seed, qat_freeze=qat_freeze, task=task)
   if config.bn_stats == 'per_device':
     axis = sharding.DATA_AXIS
     # check_vma=False: gradients stay per device inside the body and are averaged explicitly.
@@ -210,6 +193,6 @@ def jit_steps(model, tx, schedule, config, mesh, qat_freeze: Optional[QATFreeze]
                          in_specs=(P(), P(axis)), out_specs=(P(), P()), check_vma=False)
   train_fn = jax.jit(sharding.traced_in_mesh(step, mesh), in_shardings=(rep, data),
                      out_shardings=(rep, rep), donate_argnums=0)
-  eval_fn = jax.jit(sharding.traced_in_mesh(functools.partial(eval_step, model=model), mesh),
+  eval_fn = jax.jit(sharding.traced_in_mesh(functools.partial(eval_step, model=model, task=task), mesh),
                     in_shardings=(rep, data), out_shardings=rep)
   return init_fn, train_fn, eval_fn

@@ -4,6 +4,9 @@
 checkpoint in `workdir` (the data position follows from the restored step: the input pipeline
 is deterministic), evaluates raw and EMA weights, and stops cleanly on SIGTERM or orbax's
 preemption notice after writing a checkpoint of the current step.
+
+What is trained is `config.task`'s (`mnv3_jax.tasks.registry`): its model, data, loss, metrics
+and console names; everything else here is the same for every task.
 """
 import functools
 import json
@@ -18,13 +21,11 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
-from mnv3_jax.compress.qat_model import QATMobileNetV3
-from mnv3_jax.data import input_pipeline
 from mnv3_jax.interop import pretrained
-from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
-from mnv3_jax.train import (checkpointing, optim, preflight, reporter, run_header, steps,
-                            stop_signals, workdir_lock)
+from mnv3_jax.tasks import registry
+from mnv3_jax.train import (checkpointing, evaluation, init_from, optim, preflight, reporter,
+                            run_header, steps, stop_signals, workdir_lock)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -49,35 +50,16 @@ def abstract_train_state(init_fn, mesh) -> steps.TrainState:
       abstract)
 
 
-def evaluate_weights(eval_fn, weights: dict, data_config, config, mesh) -> dict:
-  """One pass over the eval split, each batch decoded once and run through every set of weights.
-
-  weights: {name: variables} (`TrainState.variables()`), or {name: (eval_fn, variables)} to run
-  that set through its own eval step. Returns {name: {'loss', 'top1', 'top5', 'count'}} over
-  real examples only.
-  """
-  batches = input_pipeline.eval_iterator(
-      data_config, global_batch_size=config.batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  totals = {}
-  for batch in sharding.prefetch_to_mesh(batches, mesh):
-    for name, variables in weights.items():
-      fn, variables = variables if isinstance(variables, tuple) else (eval_fn, variables)
-      metrics = fn(variables, batch)
-      totals[name] = metrics if name not in totals else totals[name].merge(metrics)
-  out = {}
-  for name, total in totals.items():
-    out[name] = {k: float(v) for k, v in total.compute().items()}
-    out[name]['count'] = int(total.top1.count)
-  return out
-
-
 def evaluate(eval_fn, variables, data_config, config, mesh) -> dict:
-  """`evaluate_weights` of one set of weights: {'loss', 'top1', 'top5', 'count'}."""
-  return evaluate_weights(eval_fn, {'': variables}, data_config, config, mesh)['']
+  """One set of weights over config's task's eval split of `data_config`: {'loss', 'top1',
+  'top5', 'count'} for classification (`evaluation.evaluate_weights`)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data = data_config
+  return evaluation.evaluate_weights(eval_fn, {'': variables}, registry.get(config), config,
+                                     mesh)['']
 
 
-def check_finite(step: int, metrics: steps.TrainMetrics) -> None:
+def check_finite(step: int, metrics) -> None:
   """Raises FloatingPointError naming the step and the first non-finite metric."""
   for name, value in jax.device_get(metrics.compute()).items():
     if not np.isfinite(value):
@@ -122,12 +104,11 @@ def _lock_workdir(workdir: str) -> workdir_lock.Lock:
   return lock
 
 
-def build_model(config: ml_collections.ConfigDict):
-  """The network `config` trains: MobileNetV3(**config.model), or its QAT form (config.quant)."""
-  model = MobileNetV3(**config.model)
-  if config.quant == 'qat':
-    return QATMobileNetV3.from_model(model, config.qat.range_decay)
-  return model
+def build_model(config: ml_collections.ConfigDict, info=None):
+  """The network `config` trains (its task's: MobileNetV3(**config.model), its QAT form with
+  config.quant, an LR-ASPP model for segmentation). info: the dataset info (segmentation takes
+  its class count from it)."""
+  return registry.get(config).build_model(info)
 
 
 def qat_freeze(config: ml_collections.ConfigDict, steps_per_epoch: int) -> steps.QATFreeze:
@@ -137,21 +118,21 @@ def qat_freeze(config: ml_collections.ConfigDict, steps_per_epoch: int) -> steps
 
 
 def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
-  info = checked.info
-  model = build_model(config)
+  info, task = checked.info, checked.task
+  model = task.build_model(info)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else max(1, int(config.num_epochs * steps_per_epoch)))
   schedule, tx = build_optimizer(config, steps_per_epoch)
   init_fn, train_fn, eval_fn = steps.jit_steps(model, tx, schedule, config, mesh,
-                                               qat_freeze(config, steps_per_epoch))
+                                               qat_freeze(config, steps_per_epoch), task)
   float_eval_fn = None
   if config.quant == 'qat':    # the float EMA weights are evaluated too
-    float_eval_fn = steps.jit_steps(model.float_model, tx, schedule, config, mesh)[2]
+    float_eval_fn = steps.jit_steps(model.float_model, tx, schedule, config, mesh, task=task)[2]
 
   ckpt = checkpointing.Checkpointer(
       workdir, save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
-      keep_best=config.keep_best, best_metric='ema_top1')
+      keep_best=config.keep_best, best_metric=f'ema_{task.report.eval_metric}')
   writer = None
   try:
     try:
@@ -161,26 +142,28 @@ def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
     # Only now: a config whose checkpoints do not fit must leave the run's files as they were.
     checkpointing.save_config(workdir, config)
     writer = _metric_writer(workdir)
-    report = reporter.Reporter(total_steps, start_step or 0)
-    report.header(run_header.lines(MobileNetV3(**config.model), config, info, mesh, steps_per_epoch, total_steps,
-                                   workdir, start_step))
+    report = reporter.Reporter(total_steps, start_step or 0, names=task.report)
+    report.header(run_header.lines(task.header_lines(model, info), config, info, mesh,
+                                   steps_per_epoch, total_steps, workdir, start_step,
+                                   task.eval_split()))
     if state is None:
       state, start_step = init_fn(jax.random.key(config.seed)), 0
-      if checked.init_variables is not None:
-        state = pretrained.replace_weights(state, checked.init_variables,
-                                           sharding.replicated(mesh))
+      state = init_from.apply(state, checked.init_variables, task, sharding.replicated(mesh))
       writer.write_hparams(_flat_hparams(config))
       _write_parameter_table(workdir, state.params)
     if start_step >= total_steps:
       logging.info('The checkpoint at step %d has finished training (%d steps): nothing to do.',
                    start_step, total_steps)
       return None
-    result = _train_loop(state, start_step, total_steps, train_fn,
-                         functools.partial(_evaluate_both, eval_fn, float_eval_fn), config,
-                         workdir, mesh, writer, ckpt, stop, report)
+    result, state = _train_loop(
+        state, start_step, total_steps, train_fn, task,
+        functools.partial(evaluation.evaluate_state, eval_fn, float_eval_fn, task), config,
+        workdir, mesh, writer, ckpt, stop, report)
     ckpt.wait_until_finished()      # a failed background save surfaces here, not silently
     if result is not None:
       report.final(total_steps, result, ckpt.best())
+      task.on_train_end(workdir, model, jax.tree.map(
+          lambda x: np.asarray(x.addressable_data(0)), state.variables(ema=True)))
     return result
   finally:
     ckpt.close()
@@ -188,14 +171,16 @@ def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
       writer.close()
 
 
-def _train_loop(state, start_step, total_steps, train_fn, evaluate_state, config, workdir, mesh,
-                writer, ckpt, stop, report) -> Optional[dict]:
-  """Steps from `start_step` to `total_steps`; returns the last eval metrics (None if stopped).
+def _train_loop(state, start_step, total_steps, train_fn, task, evaluate_state, config, workdir,
+                mesh, writer, ckpt, stop, report) -> tuple:
+  """Steps from `start_step` to `total_steps`; returns (the last eval metrics (None if stopped),
+  the last state).
 
-  evaluate_state(state, config, mesh) -> the eval metrics of the state (`_evaluate_both`).
+  evaluate_state(state, config, mesh) -> the eval metrics of the state
+  (`evaluation.evaluate_state`).
   """
-  train_batches = input_pipeline.train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
+  train_batches = task.train_iterator(
+      global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count())
   hooks = []
@@ -243,7 +228,7 @@ def _train_loop(state, start_step, total_steps, train_fn, evaluate_state, config
       seconds = time.monotonic() - started
       writer.write_scalars(step, eval_metrics)
       best = ckpt.best()
-      is_best = best is None or eval_metrics['ema_top1'] > best[0]
+      is_best = best is None or eval_metrics[f'ema_{task.report.eval_metric}'] > best[0]
     started = time.monotonic()
     if evaluated and ckpt.save_best(step, state, eval_metrics):
       saved.append(f'best/{step}')
@@ -257,8 +242,8 @@ def _train_loop(state, start_step, total_steps, train_fn, evaluate_state, config
     if stopping:
       report.stopped(step, 'stop requested' if stop.raised else 'preemption notice',
                      f'{workdir}/checkpoints/{step}')
-      return None
-  return eval_metrics
+      return None, state
+  return eval_metrics, state
 
 
 def _with_workdir_config(error, workdir: str, config) -> Exception:
@@ -274,17 +259,6 @@ def _with_workdir_config(error, workdir: str, config) -> Exception:
   return checkpointing.IncompatibleCheckpointError(
       f'{error} The workdir\'s config.json says it was trained with other options: '
       + '; '.join(diffs) + '.')
-
-
-def _evaluate_both(eval_fn, float_eval_fn, state, config, mesh) -> dict:
-  """Evaluates the raw and the EMA weights: {'eval_top1', ..., 'ema_top1', ...}; in QAT both
-  through the quantized model, and the EMA weights through the float one ('float_ema_*')."""
-  weights = {'eval': state.variables(), 'ema': state.variables(ema=True)}
-  if float_eval_fn is not None:
-    weights['float_ema'] = (float_eval_fn, {'params': state.ema_params,
-                                            'batch_stats': state.ema_batch_stats})
-  results = evaluate_weights(eval_fn, weights, config.data, config, mesh)
-  return {f'{name}_{k}': v for name, metrics in results.items() for k, v in metrics.items()}
 
 
 def _metric_writer(workdir: str) -> metric_writers.MetricWriter:

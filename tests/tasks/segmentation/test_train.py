@@ -1,0 +1,224 @@
+"""Segmentation through the trainer (mnv3_jax/tasks/segmentation/task.py): the loss and its
+ignore label, 8 devices = 1 device, bit-identical resume, the eval mIoU against a NumPy confusion
+matrix of the same weights and data, init_from a classifier, preflight names, the picture."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import seg_demo
+from mnv3_jax.interop import pretrained
+from mnv3_jax.model import MobileNetV3
+from mnv3_jax.parallel import sharding
+from mnv3_jax.tasks import registry
+from mnv3_jax.tasks.segmentation import data, scenes
+from mnv3_jax.train import checkpointing, init_from, preflight, steps, trainer
+
+
+@pytest.fixture(scope='module')
+def shapes_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp('seg_shapes')
+  scenes.prepare(path)
+  return str(path)
+
+
+def tiny(data_dir, **overrides):
+  """configs/seg_demo.py shrunk: Small 0.35, 16 head filters, 32x32 crops, batch 16."""
+  c = seg_demo.demo_config()
+  c.data.data_dir = data_dir
+  c.model.width = 0.35
+  c.model.depthwise_impl = 'conv'
+  c.head.inter_channels = 16
+  c.data.crop_size = 32
+  c.batch_size = 16
+  c.optim.base_learning_rate = 0.02
+  c.log_every_steps = 2
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _setup(config, mesh):
+  task = registry.get(config)
+  info = task.check_config()
+  model = task.build_model(info)
+  steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
+  schedule, tx = trainer.build_optimizer(config, steps_per_epoch)
+  return task, model, steps.jit_steps(model, tx, schedule, config, mesh, task=task)
+
+
+def _batch(n=16, size=32, classes=4, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, classes, (n, size, size)).astype(np.int32)
+  labels[rng.random(labels.shape) < 0.3] = 255
+  labels[0] = 255                         # one example with no scored pixel at all
+  return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32), 'label': labels}
+
+
+def test_loss_is_the_mean_over_scored_pixels_of_the_global_batch(shapes_dir):
+  task = registry.get(tiny(shapes_dir))
+  batch = _batch()
+  logits = np.random.default_rng(1).normal(size=(*batch['label'].shape, 4)).astype(np.float32)
+  loss, values = task.loss_and_metrics(jnp.asarray(logits), batch, None)
+  keep = batch['label'] != 255
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  want = -np.take_along_axis(log_p, np.where(keep, batch['label'], 0)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, want[keep].mean(), rtol=1e-5)
+  np.testing.assert_allclose(values['pixel_accuracy'],
+                             (logits.argmax(-1) == batch['label'])[keep].mean(), rtol=1e-6)
+  # Per device (bn_stats='per_device'): shards score different pixel counts (shard 0 none), yet
+  # the mean over devices of the per-device values is the global batch's.
+  mesh = sharding.make_mesh(jax.devices()[:8])
+  per_device = jax.jit(jax.shard_map(
+      lambda x, b: jax.lax.pmean(task.loss_and_metrics(x, b, 'data'), 'data'), mesh=mesh,
+      in_specs=(P('data'), P('data')), out_specs=P(), check_vma=False))
+  got, got_values = per_device(logits, batch)
+  np.testing.assert_allclose(got, loss, rtol=1e-5)
+  np.testing.assert_allclose(got_values['pixel_accuracy'], values['pixel_accuracy'], rtol=1e-5)
+
+
+def test_one_step_on_8_devices_equals_1_device(shapes_dir):
+  config = tiny(shapes_dir)
+  batch = _batch()
+  results = []
+  for devices in (jax.devices()[:8], jax.devices()[:1]):
+    mesh = sharding.make_mesh(devices)
+    _, _, (init_fn, train_fn, _) = _setup(config, mesh)
+    state = init_fn(jax.random.key(0))
+    for _ in range(2):
+      state, metrics = train_fn(state, sharding.to_global(batch, mesh))
+    results.append((jax.device_get(state), metrics.compute()))
+  (s8, m8), (s1, m1) = results
+  deltas = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s8.params, s1.params))
+  assert max(deltas) <= 1e-5
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  init = jax.device_get(init_fn(jax.random.key(0)))
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s1.params, init.params))
+  assert max(moved) > 1e-4     # the steps changed the weights: equality is not vacuous
+
+
+def _restore(config, workdir):
+  mesh = sharding.make_mesh()
+  _, _, (init_fn, _, _) = _setup(config, mesh)
+  ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
+  try:
+    state, step = ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
+  finally:
+    ckpt.close()
+  assert step == config.num_train_steps
+  return jax.device_get(state)
+
+
+def test_resume_is_bit_identical(shapes_dir, tmp_path):
+  straight = tiny(shapes_dir, num_train_steps=6, **{'data.eval_split': 'test[:8]'})
+  trainer.train_and_evaluate(straight, str(tmp_path / 'straight'))
+  first = tiny(shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:8]'})
+  trainer.train_and_evaluate(first, str(tmp_path / 'resumed'))
+  trainer.train_and_evaluate(straight, str(tmp_path / 'resumed'))
+  a, b = (_restore(straight, tmp_path / name) for name in ('straight', 'resumed'))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _numpy_miou(labels, predictions, classes, ignore):
+  counts = np.zeros((classes, classes), np.int64)
+  keep = labels != ignore
+  np.add.at(counts, (labels[keep], predictions[keep]), 1)
+  tp = np.diag(counts).astype(np.float64)
+  union = counts.sum(0) + counts.sum(1) - tp
+  return float(np.mean(tp[union > 0] / union[union > 0])), tp.sum() / counts.sum()
+
+
+def test_eval_miou_equals_a_numpy_confusion_matrix_of_the_same_weights(shapes_dir, tmp_path):
+  # 37 eval images: the last of 3 batches of 16 is padded (ignored) on 8 devices.
+  config = tiny(shapes_dir, num_train_steps=4, **{'data.eval_split': 'test[:37]'})
+  workdir = tmp_path / 'run'
+  result = trainer.train_and_evaluate(config, str(workdir))
+  assert result['ema_count'] == result['eval_count'] == 37
+  state = _restore(config, workdir)
+  task = registry.get(config)
+  model = task.build_model(task.check_config())
+  labels, predictions = [], []
+  for batch in data.eval_iterator(config.data, global_batch_size=16, process_index=0,
+                                  process_count=1):
+    keep = batch['mask'] > 0
+    logits = model.apply(state.variables(ema=True), batch['image'][keep], train=False)
+    labels.append(batch['label'][keep])
+    predictions.append(np.asarray(logits).argmax(-1))
+  labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+  assert len(labels) == 37
+  miou, accuracy = _numpy_miou(labels, predictions, task.num_classes, 255)
+  assert 0 < miou < 1
+  np.testing.assert_allclose(result['ema_miou'], miou, rtol=1e-6)
+  np.testing.assert_allclose(result['ema_pixel_accuracy'], accuracy, rtol=1e-6)
+  assert result['eval_miou'] != result['ema_miou']     # two sets of weights were evaluated
+  assert (workdir / 'predictions.png').stat().st_size > 1000
+  assert (workdir / 'best').is_dir() and len(list((workdir / 'best').iterdir())) == 1
+
+
+def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(shapes_dir,
+                                                                            tmp_path):
+  config = tiny(shapes_dir)
+  classifier = MobileNetV3(variant='small', width=0.35, num_classes=10, depthwise_impl='conv')
+  weights = jax.device_get(classifier.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3))))
+  pretrained.save(tmp_path / 'weights', weights, classifier)
+  config.init_from = str(tmp_path / 'weights')
+  mesh = sharding.make_mesh()
+  task, model, (init_fn, _, _) = _setup(config, mesh)
+  loaded = init_from.read(config, task, model)
+  fresh = init_fn(jax.random.key(0))
+  state = jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh)))
+  backbone, head = state.params['backbone'], state.params['head']
+  np.testing.assert_array_equal(backbone['stem']['conv']['kernel'],
+                                weights['params']['stem']['conv']['kernel'])
+  np.testing.assert_array_equal(state.ema_params['backbone']['head_conv']['conv']['kernel'],
+                                weights['params']['head_conv']['conv']['kernel'])
+  np.testing.assert_array_equal(state.batch_stats['backbone']['block_3']['project']['bn']['mean'],
+                                weights['batch_stats']['block_3']['project']['bn']['mean'])
+  jax.tree.map(np.testing.assert_array_equal, head, jax.device_get(fresh.params['head']))
+  # A backbone with other compute options is refused, naming the option.
+  config.model.activation = 'relu'
+  with pytest.raises(ValueError, match="model.activation: weights 'hard_swish', config 'relu'"):
+    init_from.read(config, task, model)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('head.inter_channels', 0, 'Invalid head.inter_channels 0'),
+    ('head.pooling', 'max', "Invalid head.pooling 'max'"),
+    ('head.low_tap', 'block_99', "Invalid head.low_tap 'block_99'"),
+    ('model.output_stride', 8, 'Invalid model.output_stride 8'),
+    ('model.reduced_tail', 'half', "Unknown model.reduced_tail 'half'"),
+    ('quant', 'qat', "Invalid quant 'qat'; allowed: 'none'"),
+    ('data.crop_size', 16, 'Invalid data.crop_size 16'),
+    ('data.dataset', 'voc', "config.data.dataset='voc'"),
+    ('task', 'detection', "Invalid task 'detection'"),
+])
+def test_a_bad_segmentation_field_is_named_before_the_workdir_exists(shapes_dir, tmp_path, field,
+                                                                     value, message):
+  config = tiny(shapes_dir)
+  *parents, leaf = field.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    preflight.check_config(config, str(tmp_path / 'run'), sharding.make_mesh())
+  assert not (tmp_path / 'run').exists()
+
+
+def test_the_demo_config_passes_preflight_and_names_its_model(shapes_dir, tmp_path):
+  config = seg_demo.get_config()
+  config.data.data_dir = shapes_dir
+  checked = preflight.check_config(config, str(tmp_path / 'run'), sharding.make_mesh())
+  assert (checked.info.num_classes, checked.info.num_train_examples) == (4, 2000)
+  line, = checked.task.header_lines(checked.task.build_model(checked.info), checked.info)
+  assert line.startswith('LR-ASPP MobileNetV3-Small 1.0 (output stride 16') and '128 filters' in line
