@@ -76,3 +76,71 @@ def test_default_boxes_must_fit_the_outputs():
   with pytest.raises(ValueError, match=r'do not fit the model outputs of 144 boxes for a '
                                        r'\(96, 96\) input'):
     train_step.detect(outputs, (96, 96))
+
+
+# Optimised XLA code for the training test's two programs (conftest.py compiles the suite at
+# optimisation level 0, which halves the speed of these 300 steps).
+_FAST = {'xla_backend_optimization_level': 3}
+
+
+@pytest.fixture(scope='module')
+def shapes_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp('det_shapes')
+  scenes.prepare(path)
+  return path
+
+
+def test_plain_optax_training_on_det_shapes_raises_the_map(shapes_dir):
+  """SSDLite on MobileNetV3-Small 0.5 at 96x96, 300 steps of 16 (AdamW, one-cycle to 2e-2), no
+  crops (flips only): COCO mAP on 100 test images well above the untrained model's (measured on
+  the 2-core box: AP50 0.001 -> 0.25, AP 0.000 -> 0.09)."""
+  start = time.time()
+  size, steps = 96, 300
+  cfg = data.default_data_config()
+  cfg.update(data_dir=str(shapes_dir), image_size=size, crop_min_ious=(1.0,),
+             eval_split='test[:100]')
+  backbone = MobileNetV3Backbone(variant='small', width=0.5, reduced_tail='torchvision',
+                                 bn_momentum=0.9)
+  model = ssdlite.SSDLiteMobileNetV3(backbone, num_classes=4, extra_widths=(64, 32, 32, 16))
+  variables = ssdlite.init_variables(model, jax.random.key(0), (size, size))
+  tx = optax.adamw(optax.cosine_onecycle_schedule(steps, 2e-2), weight_decay=1e-4)
+
+  @functools.partial(jax.jit, compiler_options=_FAST)
+  def train(state, batch):
+    params, stats, opt_state = state
+    def loss_fn(p):
+      outputs, updates = model.apply({'params': p, 'batch_stats': stats}, batch['image'],
+                                     train=True, mutable=['batch_stats'])
+      value, _ = train_step.loss_and_metrics(outputs, batch)
+      return value, updates['batch_stats']
+    (value, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), stats, opt_state), value
+
+  @functools.partial(jax.jit, compiler_options=_FAST)
+  def detect(params, stats, images):
+    outputs = model.apply({'params': params, 'batch_stats': stats}, images)
+    return train_step.detect(outputs, (size, size))
+
+  eval_batches = list(data.eval_iterator(cfg, global_batch_size=50, process_index=0,
+                                         process_count=1))
+  def mean_ap(state):
+    evaluator = evaluation.DetectionEvaluator((size, size))
+    for batch in eval_batches:
+      evaluator.update(detect(state[0], state[1], jnp.asarray(batch['image'])), batch)
+    return evaluator.compute()
+
+  state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
+  before = mean_ap(state)
+  batches = data.train_iterator(cfg, global_batch_size=16, seed=0, start_step=0, process_index=0,
+                                process_count=1)
+  losses = []
+  for _ in range(steps):
+    state, value = train(state, next(batches))
+    losses.append(float(value))
+  after = mean_ap(state)
+  assert before['num_images'] == after['num_images'] == 100
+  assert np.mean(losses[-30:]) < 0.6 * np.mean(losses[:10]), losses
+  assert before['AP50'] < 0.02 and after['AP50'] > 0.12 and after['AP'] > 0.04, (before, after)
+  print(f'AP50 {before["AP50"]:.3f} -> {after["AP50"]:.3f}, AP {before["AP"]:.3f} -> '
+        f'{after["AP"]:.3f}, {time.time() - start:.0f} s')
