@@ -14,6 +14,9 @@ coordinates (a shape covering rows r0..r1 has ymin = r0 / 128, ymax = (r1 + 1) /
 A shape's colour is uniform random RGB, independent of its class; the background is a blend of two
 random colours along a random direction with low-frequency texture, and pixel noise (sigma 8) covers
 everything. A detector must use the outline, not the colour.
+Learnable: SSDLite on MobileNetV3-Small 1.0 at 128 px (data.py's default crops and flips, batch
+32, AdamW one-cycle to 2e-2, weight decay 1e-4, BatchNorm momentum 0.9), 2000 steps in 8 min on
+the shared 2-core box (2026-12-01, load ~8): test AP 0.752, AP50 0.971 on all 300 test images.
 
 The dataset is deterministic: example i of a split is drawn from
 `np.random.default_rng((SEED, split number, i))`. `prepare(data_dir)` writes it once as the TFDS
