@@ -17,12 +17,12 @@ def demo_config():
   c.model.bn_momentum = 0.9      # short runs: the recipe's decay leaves the statistics unsettled
   c.data.scale_range = (0.75, 1.5)
   c.batch_size = 32
-  c.num_epochs = 15.0
-  c.optim.base_learning_rate = 0.002
+  c.num_epochs = 12.0
+  c.optim.base_learning_rate = 0.005
   c.optim.base_batch_size = 32
   c.optim.warmup_epochs = 1.0
   c.optim.decay_epochs = 1.0
-  c.optim.decay_rate = 0.8
+  c.optim.decay_rate = 0.9
   c.ema_decay = 0.99
   c.log_every_steps = 50
   c.eval_every_steps = 250

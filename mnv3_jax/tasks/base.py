@@ -107,9 +107,10 @@ class Task(abc.ABC):
     """The model line(s) of the run header: what is trained, its params and MACs."""
 
   @abc.abstractmethod
-  def loss_and_metrics(self, outputs: jax.Array, batch: dict,
+  def loss_and_metrics(self, outputs: Any, batch: dict,
                        axis_name: Optional[str]) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """(loss, {metric: scalar}) of a training batch; pure.
+    """(loss, {metric: scalar}) of a training batch; pure. outputs: the model's (an array, or a
+    tuple such as SSD's (box_regression, cls_logits)); a 'loss' metric is the loss itself.
 
     axis_name None: `batch` is the global batch. Otherwise this is one device's shard under a
     shard_map over `axis_name`, and the values must be such that their mean over the axis is the
@@ -117,7 +118,7 @@ class Task(abc.ABC):
     """
 
   @abc.abstractmethod
-  def eval_outputs(self, outputs: jax.Array, batch: dict) -> Any:
+  def eval_outputs(self, outputs: Any, batch: dict) -> Any:
     """What one padded eval batch contributes (mask 0 examples must not count); pure."""
 
   @abc.abstractmethod

@@ -126,7 +126,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       ema_params=optim.ema_update(state.ema_params, params, step, ema_decay),
       ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, step, ema_decay))
   metrics = task.train_metrics.single_from_model_output(
-      loss=loss, **values, learning_rate=schedule(state.step),
+      **{**values, 'loss': loss}, learning_rate=schedule(state.step),
       grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
       param_norm=optax.tree.norm(params))
   return new_state, metrics

@@ -3,6 +3,7 @@ import logging
 
 import pytest
 
+from mnv3_jax.tasks import base
 from mnv3_jax.train import reporter
 
 
@@ -59,3 +60,21 @@ def test_compiling_logs_before_and_the_time_after(caplog):
   clock.now += 12.34
   assert done() == pytest.approx(12.34)
   assert caplog.records[-1].getMessage() == 'compiled the train step in 12.3 s'
+
+
+def test_a_task_names_its_metrics(caplog):
+  """Segmentation's lines: pixel accuracy in progress lines, mIoU where classification has top1."""
+  caplog.set_level(logging.INFO, logger='absl')
+  clock = Clock()
+  names = base.ReportNames('pixel_accuracy', 'pixel acc', 'miou', 'mIoU')
+  report = reporter.Reporter(total_steps=10, start_step=0, clock=clock, names=names)
+  report.progress(5, {'loss': 0.5, 'pixel_accuracy': 0.875, 'learning_rate': 1e-3})
+  assert caplog.records[-1].getMessage() == (
+      'step  5/10  50%  loss 0.500  pixel acc 87.5%  lr 1.00e-03')
+  report.evaluation(10, {'eval_miou': 0.5, 'ema_miou': 0.625, 'eval_count': 300}, best=False,
+                    saved=[], seconds=2.0)
+  assert caplog.records[-1].getMessage() == (
+      'eval step 10/10  mIoU 50.0%  EMA mIoU 62.5%  300 images in 2.0 s')
+  report.final(10, {'eval_miou': 0.5, 'ema_miou': 0.625}, (0.625, 10, '/w/best/10'))
+  assert caplog.records[-1].getMessage().endswith(
+      'final EMA mIoU 62.5% (raw 50.0%); best EMA mIoU 62.5% at step 10: /w/best/10')

@@ -36,7 +36,7 @@ from mnv3_jax.tasks import base
 from mnv3_jax.tasks.segmentation import data, data_sources, lraspp, metrics, summary, visualize
 
 PICTURE = 'predictions.png'   # in the workdir, written at the end of training
-PICTURE_EXAMPLES = 6
+PICTURE_EXAMPLES = 4
 
 _positive_pair = cf.pair(lambda a, b: True, cf.integer(lambda v: v >= 1))
 FIELDS = (

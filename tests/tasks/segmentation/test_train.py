@@ -1,21 +1,18 @@
 """Segmentation through the trainer (mnv3_jax/tasks/segmentation/task.py): the loss and its
 ignore label, 8 devices = 1 device, bit-identical resume, the eval mIoU against a NumPy confusion
 matrix of the same weights and data, init_from a classifier, preflight names, the picture."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import seg_demo
+from configs import seg_demo, segmentation
 from mnv3_jax.interop import pretrained
 from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
-from mnv3_jax.tasks.segmentation import data, scenes
+from mnv3_jax.tasks.segmentation import data, data_sources, scenes
 from mnv3_jax.train import checkpointing, init_from, preflight, steps, trainer
 
 
@@ -222,3 +219,10 @@ def test_the_demo_config_passes_preflight_and_names_its_model(shapes_dir, tmp_pa
   assert (checked.info.num_classes, checked.info.num_train_examples) == (4, 2000)
   line, = checked.task.header_lines(checked.task.build_model(checked.info), checked.info)
   assert line.startswith('LR-ASPP MobileNetV3-Small 1.0 (output stride 16') and '128 filters' in line
+
+
+def test_the_config_files_hold_the_pipeline_fields():
+  """configs/segmentation.py writes the data fields out (configs import no library code): they
+  are data.py's, and its presets name only datasets the pipeline knows."""
+  assert segmentation.DATA == data.DEFAULTS | {'crop_size': 512}
+  assert set(segmentation.DATASETS) == set(data_sources.NAMES)
