@@ -1,4 +1,5 @@
-r"""Exports trained weights to a TF SavedModel and TFLite: float32, and int8 (post-training).
+r"""Exports trained weights to a TF SavedModel and TFLite: float32, and int8 (post-training, or
+with the trained ranges of a quantization-aware run: `qat_graph`).
 
   python -m mnv3_jax.export --workdir=/tmp/mnv3_demo --out=/tmp/mnv3_demo_export --int8
   python -m mnv3_jax.export --checkpoint=/tmp/tv_large --out=/tmp/tv_large_export \

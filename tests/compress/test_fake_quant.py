@@ -41,6 +41,31 @@ def assert_same_levels(x, got, want, nudged_lo, nudged_hi, scale):
   assert np.all(close | one_step)
 
 
+@pytest.mark.parametrize('lo, hi', [(-0.5, 0.8), (0.0, 6.0), (-7.31, 7.31)])
+def test_per_tensor_equals_tflite_int8_quantize_dequantize(lo, hi):
+  """The converted TFLite model of one fake-quant op is QUANTIZE -> DEQUANTIZE in int8: its
+  output is the int8 round trip of the input, with the range's nudged scale and zero point."""
+  rng = np.random.default_rng(1)
+  span = hi - lo
+  x = rng.uniform(lo - span / 2, hi + span / 2, (1, 64, 64, 1)).astype(np.float32)
+
+  @tf.function(input_signature=[tf.TensorSpec(x.shape, tf.float32)])
+  def identity(images):
+    return tf.quantization.fake_quant_with_min_max_args(images, min=lo, max=hi)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [identity.get_concrete_function()], identity)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  interp = tf.lite.Interpreter(model_content=converter.convert())
+  interp.allocate_tensors()
+  assert {op['op_name'] for op in interp._get_ops_details()} >= {'QUANTIZE', 'DEQUANTIZE'}  # pylint: disable=protected-access
+  interp.set_tensor(interp.get_input_details()[0]['index'], x)
+  interp.invoke()
+  want = interp.get_tensor(interp.get_output_details()[0]['index'])
+  got = np.asarray(fq.fake_quant(jnp.asarray(x), lo, hi))
+  nudged_lo, nudged_hi, scale = (float(v) for v in fq.nudged_range(lo, hi))
+  assert_same_levels(x, got, want, nudged_lo, nudged_hi, scale)
+
+
 def test_zero_is_exact_and_the_grid_has_256_levels():
   x = jnp.linspace(-1.0, 3.0, 10001)
   out = np.asarray(fq.fake_quant(x, -0.7, 2.9))

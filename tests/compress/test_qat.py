@@ -3,13 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from mnv3_jax.compress.qat_layers import Phase
 from mnv3_jax.compress.qat_model import QATMobileNetV3, init_variables
 from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
-from mnv3_jax.train import steps, trainer
+from mnv3_jax.train import preflight, steps, trainer
 from tests.support import random_batch, restore_state, steps_per_epoch, tiny_config
 
 
@@ -68,33 +69,37 @@ def test_ranges_and_bn_statistics_move_until_frozen():
 
 
 def test_qat_step_on_8_devices_equals_1_device(digits_dir):
-  """Equal up to rounding flips: a value that lands within float error of a rounding boundary of
-  its int8 grid may round the other way when 8 shards sum in another order than 1 device, which
-  moves that value by one grid step. So the bound is relative to how far the steps moved each
-  collection (float training meets 1e-5 absolute: tests/train/test_trainer.py)."""
+  """With BatchNorm frozen (folded running statistics, as after the recipe's first epochs), 8
+  devices and 1 device agree to float rounding, the ranges moving and then frozen.
+
+  While BatchNorm still normalizes with batch moments they do not, and cannot: a value within
+  float error of a rounding boundary of its int8 grid rounds the other way when 8 shards sum in
+  another order, which shifts the next BatchNorm's batch moments and so every value after it
+  (measured: logits of the first step 0.016 apart on a range of 0.38, Small 0.35 at 32x32)."""
   config = qat_config(digits_dir)
   model = trainer.build_model(config)
   schedule, tx = trainer.build_optimizer(config, steps_per_epoch(config))
-  freeze = steps.QATFreeze(bn_step=1, ranges_step=2)   # the 3 steps cross both
+  freeze = steps.QATFreeze(bn_step=0, ranges_step=2)
   batches = [random_batch(16, 32, 10, seed) for seed in range(3)]
   results = []
   for devices in (jax.devices()[:8], jax.devices()[:1]):
     mesh = sharding.make_mesh(devices)
     init_fn, train_fn, _ = steps.jit_steps(model, tx, schedule, config, mesh, freeze)
-    state = init = init_fn(jax.random.key(0))
+    state = init_fn(jax.random.key(0))
+    init = jax.device_get(state)         # before the steps donate it
     for batch in batches:
       state, metrics = train_fn(state, sharding.to_global(batch, mesh))
     results.append((jax.device_get(state), float(metrics.compute()['loss'])))
   (s8, loss8), (s1, loss1) = results
-  init = jax.device_get(init)
-  for name in ('params', 'batch_stats', 'quant_stats'):
+  for name, bound in (('params', 1e-6), ('quant_stats', 1e-4)):
     a, b, start = flat(getattr(s8, name)), flat(getattr(s1, name)), flat(getattr(init, name))
     assert a.keys() == b.keys()
     diff, moved = (max(float(np.max(np.abs(np.asarray(x[k], np.float32)
                                            - np.asarray(y[k], np.float32)))) for k in a)
                    for x, y in ((a, b), (b, start)))
-    assert moved > 1e-3 and diff <= 0.01 * moved, (name, diff, moved)
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-4)
+    assert moved > 1e-4 and diff <= bound * max(moved, 1.0), (name, diff, moved)
+  jax.tree.map(np.testing.assert_array_equal, s8.batch_stats, init.batch_stats)   # frozen
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
 
 
 def test_qat_run_resumes_bit_identically_and_evaluates_quantized_and_float(digits_dir, tmp_path):
@@ -108,3 +113,12 @@ def test_qat_run_resumes_bit_identically_and_evaluates_quantized_and_float(digit
   assert step == 6
   for name in ('params', 'batch_stats', 'quant_stats', 'ema_params'):
     jax.tree.map(np.testing.assert_array_equal, getattr(a, name), getattr(b, name))
+
+
+def test_qat_of_a_layer_tflite_int8_cannot_run_is_refused_before_the_workdir(digits_dir, tmp_path):
+  config = qat_config(digits_dir)
+  config.model.activation = 'gelu'
+  with pytest.raises(ValueError, match=r"Activation 'gelu' cannot be quantization-aware trained; "
+                                       r"allowed: \['relu', 'relu6', 'hard_swish', 'swish'\]"):
+    preflight.check_config(config, str(tmp_path / 'new'), sharding.make_mesh())
+  assert not (tmp_path / 'new').exists()
