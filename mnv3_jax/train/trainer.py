@@ -75,7 +75,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   SIGTERM (and with `ctrl_c_stops`, as `main.py` sets, Ctrl-C) ends the run after the current
   step with a checkpoint of it (`stop_signals`).
 
-  Returns the last evaluation's metrics ({'eval_top1', 'ema_top1', ...}), or None if stopped early
+  Returns the last evaluation's metrics ({'eval_top1', 'ema_top1', ...}; segmentation:
+  {'eval_miou', 'ema_miou', 'ema_pixel_accuracy', ...}), or None if stopped early
   or there was nothing left to train.
   """
   mesh = sharding.make_mesh()
