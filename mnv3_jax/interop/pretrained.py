@@ -4,7 +4,7 @@ A variables checkpoint is a directory written by `save` (`python -m mnv3_jax.int
   model.json         the MobileNetV3 options the weights compute with (variant, width, padding, ...)
   variables/         an orbax checkpoint of {'params', 'batch_stats'} (float32, unsharded)
   fingerprints.json  one fingerprint per array (`mnv3_jax.storage.fingerprints`)
-`load` reads one, a training workdir (its best checkpoint by EMA top-1, else its latest; the EMA
+`load` reads one, a training workdir (its best checkpoint by EMA top-1 or mIoU, else its latest; the EMA
 weights by default) or one step of a workdir (`WORKDIR/checkpoints/STEP`, `WORKDIR/best/STEP`),
 and verifies every array against its fingerprint: a damaged checkpoint is refused, by name.
 
@@ -67,10 +67,16 @@ def _step_dirs(parent: epath.Path) -> Dict[int, epath.Path]:
           and (p / train_state.STATE).is_dir()}
 
 
-def _ema_top1(step_dir: epath.Path) -> float:
+# The best-checkpoint metric of each task (classification, segmentation): higher is better.
+_BEST_METRICS = ('ema_top1', 'ema_miou')
+
+
+def _best_metric(step_dir: epath.Path) -> float:
+  """The step's best-checkpoint metric (EMA top-1, or EMA mIoU for segmentation); -inf if none."""
   try:
-    return float(json.loads((step_dir / 'metrics' / 'metrics').read_text())['ema_top1'])
-  except (OSError, KeyError, ValueError):
+    metrics = json.loads((step_dir / 'metrics' / 'metrics').read_text())
+    return float(next(metrics[k] for k in _BEST_METRICS if k in metrics))
+  except (OSError, StopIteration, ValueError, TypeError):
     return float('-inf')
 
 
@@ -88,7 +94,7 @@ def resolve(path) -> Tuple[str, epath.Path, Dict[str, Any]]:
   if (path / _CONFIG_JSON).is_file():
     best, latest = _step_dirs(path / 'best'), _step_dirs(path / 'checkpoints')
     if best or latest:
-      step_dir = (max(best.values(), key=_ema_top1) if best else latest[max(latest)])
+      step_dir = (max(best.values(), key=_best_metric) if best else latest[max(latest)])
       return 'train_state', step_dir, json.loads((path / _CONFIG_JSON).read_text())
     raise ValueError(f'Workdir {path} has no checkpoint yet (nothing in best/ or checkpoints/).')
   raise ValueError(f'{path} is neither a variables checkpoint (model.json + variables/), nor a '
