@@ -38,10 +38,6 @@ from mnv3_jax import defaults
 
 # MobileNetV3Backbone's options: the classifier's, less its classifier fields.
 _NOT_BACKBONE = ('num_classes', 'dropout_rate', 'last_stage')
-# The segmentation pipeline's fields (mnv3_jax/tasks/segmentation/data.py DEFAULTS).
-DATA = dict(dataset='seg_shapes', data_dir=None, train_split='train', eval_split=None,
-            num_classes=None, ignore_label=255, crop_size=512, scale_range=(0.5, 2.0),
-            random_flip=True, eval_size=None, shuffle_buffer=4096, num_parallel_calls=-1)
 _PAPER = dict(reduced_tail='official', pooling='paper')
 _TORCHVISION = dict(reduced_tail='none', pooling='global')
 DATASETS = {
@@ -76,7 +72,7 @@ def segmentation_config(dataset: str = 'seg_shapes') -> ml_collections.ConfigDic
   c.head = ml_collections.ConfigDict(dict(
       inter_channels=128, pooling=preset['pooling'], pool_size=(49, 49), pool_stride=(16, 20),
       low_tap='low', head_bn_epsilon=defaults.MODEL['bn_epsilon']))
-  c.data = _placeheld(DATA, {'data_dir': str, 'eval_split': str, 'num_classes': int,
+  c.data = _placeheld(defaults.SEGMENTATION_DATA, {'data_dir': str, 'eval_split': str, 'num_classes': int,
                              'eval_size': int})
   c.data.dataset = dataset
   c.data.crop_size = preset['crop_size']

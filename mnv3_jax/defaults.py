@@ -50,3 +50,16 @@ DATA = dict(
     cache=False,  # Training: keep the encoded records (or image files) in memory after epoch 1.
     num_parallel_calls=-1,  # Decode/augment parallelism; -1 = tf.data.AUTOTUNE.
 )
+
+# `config.data` of segmentation (mnv3_jax/tasks/segmentation/data.py has the meaning of each).
+SEGMENTATION_DATA = dict(
+    dataset='seg_shapes', data_dir=None, train_split='train', eval_split=None, num_classes=None,
+    ignore_label=255, crop_size=64, scale_range=(0.5, 2.0), random_flip=True, eval_size=None,
+    shuffle_buffer=4096, num_parallel_calls=-1)
+
+# `config.data` of detection (mnv3_jax/tasks/detection/data.py has the meaning of each).
+DETECTION_DATA = dict(
+    dataset='det_shapes', data_dir=None, train_split='train', eval_split=None, image_size=128,
+    max_boxes=None, crop_min_ious=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), crop_scale_range=(0.3, 1.0),
+    crop_aspect_range=(0.5, 2.0), crop_trials=40, random_flip=True, shuffle_buffer=4096,
+    num_parallel_calls=-1)

@@ -41,14 +41,12 @@ import ml_collections
 import tensorflow as tf
 from ml_collections import config_dict
 
+from mnv3_jax import defaults
 from mnv3_jax.tasks.detection import data_augment as augment
 from mnv3_jax.tasks.detection import data_sources
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEFAULTS = dict(dataset='det_shapes', data_dir=None, train_split='train', eval_split=None,
-                image_size=128, max_boxes=None, crop_min_ious=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
-                crop_scale_range=(0.3, 1.0), crop_aspect_range=(0.5, 2.0), crop_trials=40,
-                random_flip=True, shuffle_buffer=4096, num_parallel_calls=-1)
+DEFAULTS = defaults.DETECTION_DATA
 
 
 class DatasetInfo(NamedTuple):

@@ -36,14 +36,11 @@ import ml_collections
 import tensorflow as tf
 from ml_collections import config_dict
 
+from mnv3_jax import defaults
 from mnv3_jax.tasks.segmentation import data_sources
-from mnv3_jax.tasks.segmentation import metrics
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEFAULTS = dict(dataset='seg_shapes', data_dir=None, train_split='train', eval_split=None,
-                num_classes=None, ignore_label=metrics.IGNORE_LABEL, crop_size=64,
-                scale_range=(0.5, 2.0), random_flip=True, eval_size=None, shuffle_buffer=4096,
-                num_parallel_calls=-1)
+DEFAULTS = defaults.SEGMENTATION_DATA
 
 
 class DatasetInfo(NamedTuple):

@@ -12,7 +12,7 @@ from mnv3_jax.interop import pretrained
 from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
-from mnv3_jax.tasks.segmentation import data, data_sources, scenes
+from mnv3_jax.tasks.segmentation import data, data_sources, metrics, scenes
 from mnv3_jax.train import checkpointing, init_from, preflight, steps, trainer
 
 
@@ -222,7 +222,8 @@ def test_the_demo_config_passes_preflight_and_names_its_model(shapes_dir, tmp_pa
 
 
 def test_the_config_files_hold_the_pipeline_fields():
-  """configs/segmentation.py writes the data fields out (configs import no library code): they
-  are data.py's, and its presets name only datasets the pipeline knows."""
-  assert segmentation.DATA == data.DEFAULTS | {'crop_size': 512}
+  """configs/segmentation.py takes the data fields from mnv3_jax/defaults.py, as data.py does
+  (ignore label: metrics.py's), and its presets name only datasets the pipeline knows."""
+  assert set(segmentation.segmentation_config().data) == set(data.DEFAULTS)
+  assert data.DEFAULTS['ignore_label'] == metrics.IGNORE_LABEL
   assert set(segmentation.DATASETS) == set(data_sources.NAMES)
