@@ -51,11 +51,21 @@ ARG_KEYS = {
     'dataset': str, 'variant': str, 'width': float, 'crop': int, 'batch': int, 'epochs': float,
     'classes': int, 'seed': int,
 }
+ARG_PATHS = {'variant': 'model.variant', 'width': 'model.width', 'crop': 'data.crop_size',
+             'batch': 'batch_size', 'epochs': 'num_epochs', 'classes': 'data.num_classes',
+             'seed': 'seed'}
 
 
-def _placeheld(options: dict, types: dict) -> ml_collections.ConfigDict:
+def placeheld(options: dict, types: dict) -> ml_collections.ConfigDict:
+  """`options` as a ConfigDict; a None value becomes a placeholder of its type in `types`."""
   return ml_collections.ConfigDict({k: config_dict.placeholder(types[k]) if v is None else v
                                     for k, v in options.items()})
+
+
+def backbone_config() -> ml_collections.ConfigDict:
+  """MobileNetV3Backbone's options at their defaults (the classifier's, less its classifier's)."""
+  return ml_collections.ConfigDict(
+      {k: v for k, v in defaults.MODEL.items() if k not in _NOT_BACKBONE})
 
 
 def segmentation_config(dataset: str = 'seg_shapes') -> ml_collections.ConfigDict:
@@ -65,15 +75,14 @@ def segmentation_config(dataset: str = 'seg_shapes') -> ml_collections.ConfigDic
   preset = DATASETS[dataset]
   c = default.base_config()
   c.task = 'segmentation'
-  c.model = ml_collections.ConfigDict(
-      {k: v for k, v in defaults.MODEL.items() if k not in _NOT_BACKBONE})
+  c.model = backbone_config()
   c.model.output_stride = 16
   c.model.reduced_tail = preset['reduced_tail']
   c.head = ml_collections.ConfigDict(dict(
       inter_channels=128, pooling=preset['pooling'], pool_size=(49, 49), pool_stride=(16, 20),
       low_tap='low', head_bn_epsilon=defaults.MODEL['bn_epsilon']))
-  c.data = _placeheld(defaults.SEGMENTATION_DATA, {'data_dir': str, 'eval_split': str, 'num_classes': int,
-                             'eval_size': int})
+  c.data = placeheld(defaults.SEGMENTATION_DATA, {'data_dir': str, 'eval_split': str,
+                                                  'num_classes': int, 'eval_size': int})
   c.data.dataset = dataset
   c.data.crop_size = preset['crop_size']
   c.data.eval_size = preset['eval_size']
@@ -90,26 +99,25 @@ def segmentation_config(dataset: str = 'seg_shapes') -> ml_collections.ConfigDic
   return c
 
 
-def parse_arg(arg: str | None) -> dict:
-  """'k=v,k=v' -> {k: typed v}; keys of ARG_KEYS."""
+def parse_arg(arg: str | None, keys: dict = ARG_KEYS) -> dict:
+  """'k=v,k=v' -> {k: typed v}; keys of `keys` (key -> type)."""
   out = {}
   for item in filter(None, (arg or '').split(',')):
     key, _, value = item.partition('=')
-    if key not in ARG_KEYS:
+    if key not in keys:
       raise ValueError(f'Unknown config-string key {key!r} in {arg!r}; allowed: '
-                       f'{sorted(ARG_KEYS)}.')
+                       f'{sorted(keys)}.')
     try:
-      out[key] = ARG_KEYS[key](value)
+      out[key] = keys[key](value)
     except ValueError as e:
       raise ValueError(f'Bad value {value!r} for config-string key {key!r}.') from e
   return out
 
 
-def apply_args(c: ml_collections.ConfigDict, args: dict) -> ml_collections.ConfigDict:
-  """Sets the fields the parsed config-string `args` name (but 'dataset', which presets)."""
-  paths = {'variant': 'model.variant', 'width': 'model.width', 'crop': 'data.crop_size',
-           'batch': 'batch_size', 'epochs': 'num_epochs', 'classes': 'data.num_classes',
-           'seed': 'seed'}
+def apply_args(c: ml_collections.ConfigDict, args: dict,
+               paths: dict = ARG_PATHS) -> ml_collections.ConfigDict:
+  """Sets the fields (`paths`: key -> dotted field) the parsed config-string `args` name (but
+  'dataset', which presets)."""
   for key, value in args.items():
     if key in paths:
       *parents, leaf = paths[key].split('.')

@@ -49,8 +49,8 @@ def check_fields(config: ml_collections.ConfigDict, fields: Iterable[Field]) -> 
     for part in field.split('.'):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
         raise ValueError(f'The config has no field {field}; allowed: a config built on '
-                         'configs/default.py base_config() (configs/segmentation.py for '
-                         "task='segmentation'), which has every field.")
+                         'configs/default.py base_config() (configs/segmentation.py, '
+                         "configs/detection.py for those tasks), which has every field.")
       node = node[part]
     if not ok(node):
       raise ValueError(f'Invalid {field} {node!r}; allowed: {allowed}.')

@@ -60,3 +60,12 @@ def digits_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('digits')
   input_pipeline.get_dataset_info(tiny_config(path).data)
   return path
+
+
+@pytest.fixture(scope='session')
+def det_shapes_dir(tmp_path_factory):
+  """A data_dir with the embedded detection demo 'det_shapes' written (once per test process)."""
+  from mnv3_jax.tasks.detection import scenes  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('det_shapes')
+  scenes.prepare(path)
+  return str(path)

@@ -67,12 +67,14 @@ def _step_dirs(parent: epath.Path) -> Dict[int, epath.Path]:
           and (p / train_state.STATE).is_dir()}
 
 
-# The best-checkpoint metric of each task (classification, segmentation): higher is better.
-_BEST_METRICS = ('ema_top1', 'ema_miou')
+# The best-checkpoint metric of each task (classification, segmentation, detection): higher is
+# better.
+_BEST_METRICS = ('ema_top1', 'ema_miou', 'ema_AP')
 
 
 def _best_metric(step_dir: epath.Path) -> float:
-  """The step's best-checkpoint metric (EMA top-1, or EMA mIoU for segmentation); -inf if none."""
+  """The step's best-checkpoint metric (EMA top-1; EMA mIoU, EMA AP for segmentation, detection);
+  -inf if none."""
   try:
     metrics = json.loads((step_dir / 'metrics' / 'metrics').read_text())
     return float(next(metrics[k] for k in _BEST_METRICS if k in metrics))

@@ -25,12 +25,14 @@ import ml_collections
 
 
 class ReportNames(NamedTuple):
-  """Metric keys and their console labels. `train_metric` is a key of the train metrics;
-  `eval_metric` one of the eval results (also 'ema_<eval_metric>': the best-checkpoint metric)."""
+  """Metric keys and their console labels. `train_metric` is a key of the train metrics, printed
+as a percentage or (train_percent False) as it is; `eval_metric` one of the eval results (also
+'ema_<eval_metric>': the best-checkpoint metric), a fraction printed as a percentage."""
   train_metric: str
   train_label: str
   eval_metric: str
   eval_label: str
+  train_percent: bool = True
 
 
 class EvalAccumulator(abc.ABC):

@@ -3,9 +3,10 @@ import ml_collections
 
 from mnv3_jax.tasks import base
 from mnv3_jax.tasks.classification import Classification
+from mnv3_jax.tasks.detection.task import Detection
 from mnv3_jax.tasks.segmentation.task import Segmentation
 
-TASKS = {task.name: task for task in (Classification, Segmentation)}
+TASKS = {task.name: task for task in (Classification, Segmentation, Detection)}
 
 
 def get(config: ml_collections.ConfigDict) -> base.Task:

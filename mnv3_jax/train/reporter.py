@@ -96,9 +96,11 @@ class Reporter:
     speed = ('' if rate is None else
              f'  {rate:.1f} steps/s  ETA {duration((self.total_steps - step) / rate)}')
     n = self._names
-    _log('step %*d/%d %3d%%  loss %.3f  %s %.1f%%  lr %.2e%s', self._width, step,
+    value = metrics[n.train_metric]
+    shown = f'{100 * value:.1f}%' if n.train_percent else f'{value:.3f}'
+    _log('step %*d/%d %3d%%  loss %.3f  %s %s  lr %.2e%s', self._width, step,
          self.total_steps, 100 * step // self.total_steps, metrics['loss'], n.train_label,
-         100 * metrics[n.train_metric], metrics['learning_rate'], speed)
+         shown, metrics['learning_rate'], speed)
 
   def evaluation(self, step: int, metrics: Mapping[str, float], best: bool,
                  saved: Sequence[str], seconds: float, with_compile: bool = False,

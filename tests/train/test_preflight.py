@@ -19,7 +19,7 @@ from tests.support import tiny_config
 # (config field, a bad value): every field of preflight.FIELDS that can hold a bad value, plus
 # model options (MobileNetV3 checks them; preflight names them as model.*).
 BAD = [
-    ('task', 'detection'), ('seed', -1), ('batch_size', 0), ('num_epochs', math.inf),
+    ('task', 'keypoints'), ('seed', -1), ('batch_size', 0), ('num_epochs', math.inf),
     ('num_train_steps', 0),
     ('optim.base_learning_rate', 0.0), ('optim.base_batch_size', 0),
     ('optim.warmup_epochs', -1.0), ('optim.warmup_init_fraction', 1.5),

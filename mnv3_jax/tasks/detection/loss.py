@@ -14,10 +14,12 @@ trained with, so that the two can be compared number for number:
   two agree whenever the quota fits, which it does at any real size: 3234 default boxes at 320).
 - Both sums are divided by the number of matched boxes in the whole batch (at least 1), as
   torchvision does. Under `jax.jit` over a sharded batch that is the global count (torchvision's
-  DDP training normalises per replica).
+  DDP training normalises per replica); inside a shard_map over `axis_name` (per-device BatchNorm)
+  the count is summed over the axis too, and each device returns its share times the number of
+  devices, so that the mean over the axis is the global batch's loss.
 Labels of ground truths are 1..C-1 (0 is the background).
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +44,15 @@ def _rank_descending(values: jax.Array) -> jax.Array:
 def ssd_loss(box_regression: jax.Array, cls_logits: jax.Array, gt_boxes: jax.Array,
              gt_labels: jax.Array, gt_valid: jax.Array, anchors: jax.Array,
              iou_threshold: float = box_coder.IOU_THRESHOLD,
-             negatives_per_positive: float = NEGATIVES_PER_POSITIVE) -> Dict[str, jax.Array]:
+             negatives_per_positive: float = NEGATIVES_PER_POSITIVE,
+             axis_name: Optional[str] = None) -> Dict[str, jax.Array]:
   """SSD's box and class losses of a batch (see the module docstring).
 
   box_regression (N, A, 4), cls_logits (N, A, C): raw head outputs for the default boxes
   `anchors` (A, 4, pixels x1 y1 x2 y2); gt_boxes (N, G, 4) in the same pixels, gt_labels (N, G)
   int in 1..C-1, gt_valid (N, G) bool (False: padding). Returns {'bbox_regression',
-  'classification'}: float32 scalars, their sum is the training loss.
+  'classification'}: float32 scalars, their sum is the training loss. axis_name: see the module
+  docstring (None: the arrays are the whole batch).
   """
   if negatives_per_positive < 0:
     raise ValueError(f'Invalid negatives_per_positive {negatives_per_positive!r}; allowed: a '
@@ -77,5 +81,10 @@ def ssd_loss(box_regression: jax.Array, cls_logits: jax.Array, gt_boxes: jax.Arr
   rank = _rank_descending(jax.lax.stop_gradient(jnp.where(foreground, -jnp.inf, ce)))
   hard_negative = ~foreground & (rank < quota)
   cls_loss = jnp.sum(jnp.where(foreground | hard_negative, ce, 0))
-  count = jnp.maximum(jnp.sum(matched), 1).astype(jnp.float32)
-  return {'bbox_regression': box_loss / count, 'classification': cls_loss / count}
+  count = jnp.sum(matched).astype(jnp.float32)
+  devices = 1.0
+  if axis_name is not None:
+    count, devices = jax.lax.psum(count, axis_name), jax.lax.psum(1.0, axis_name)
+  count = jnp.maximum(count, 1.0)
+  return {'bbox_regression': box_loss * devices / count,
+          'classification': cls_loss * devices / count}

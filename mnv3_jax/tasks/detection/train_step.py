@@ -41,7 +41,8 @@ def loss_and_metrics(model_outputs: Tuple[jax.Array, jax.Array], batch: Dict[str
   """(loss, metrics) of a training batch: SSD's loss (loss.ssd_loss) and its parts.
 
   batch: 'image' (N, H, W, 3) (only its static size is read), 'boxes', 'labels', 'valid';
-  loss_options: those of `loss.ssd_loss` (iou_threshold, negatives_per_positive).
+  loss_options: those of `loss.ssd_loss` (iou_threshold, negatives_per_positive, axis_name: the
+  shard_map axis when `batch` is one device's shard).
   metrics: float32 scalars {'loss', 'bbox_regression', 'classification'}; loss is their sum.
   """
   box_regression, cls_logits = model_outputs

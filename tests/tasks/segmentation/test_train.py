@@ -197,7 +197,7 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(sha
     ('quant', 'qat', "Invalid quant 'qat'; allowed: 'none'"),
     ('data.crop_size', 16, 'Invalid data.crop_size 16'),
     ('data.dataset', 'voc', "config.data.dataset='voc'"),
-    ('task', 'detection', "Invalid task 'detection'"),
+    ('task', 'keypoints', "Invalid task 'keypoints'"),
 ])
 def test_a_bad_segmentation_field_is_named_before_the_workdir_exists(shapes_dir, tmp_path, field,
                                                                      value, message):
