@@ -8,12 +8,9 @@ the backbone and PyTorch's default 1e-5 in the head, a global-pool gate and 'low
 the first stride-8 bneck: `torchvision_model` builds that model; `from_torchvision` checks a
 model against it and fills its variables, or raises ValueError naming what does not fit.
 """
-import os
 from typing import Any, Dict, Mapping
 
 import jax
-import jax.numpy as jnp
-from flax import traverse_util
 
 from mnv3_jax.interop import torch_weights
 from mnv3_jax.model.backbone import MobileNetV3Backbone
@@ -32,7 +29,6 @@ _BACKBONE = {**{k: v for k, v in torch_weights.required_options('torchvision').i
              'output_stride': 16, 'width': 1.0, 'minimalistic': False}
 _TAILS = ('none', 'torchvision')
 _MODEL = {'pooling': 'global', 'low_tap': 'low', 'head_bn_epsilon': HEAD_BN_EPSILON}
-_MAX_LISTED = 8
 
 
 def torchvision_model(variant: str = 'large', num_classes: int = 21,
@@ -66,13 +62,7 @@ def _flax_path(name: str, backbone_paths: Mapping[str, Any]):
     path = backbone_paths.get('features.' + name[len('backbone.'):])
     return path and (path[0], 'backbone', *path[1:])
   prefix, _, leaf = name.rpartition('.')
-  # pylint: disable-next=protected-access  (the classifier converter's own BN/conv leaf rule)
-  return prefix in _HEAD and torch_weights._leaf(_HEAD[prefix], leaf) or None
-
-
-def _listed(title: str, items: list) -> str:
-  more = f' (and {len(items) - _MAX_LISTED} more)' if len(items) > _MAX_LISTED else ''
-  return f'\n  {title}: ' + '; '.join(items[:_MAX_LISTED]) + more
+  return prefix in _HEAD and torch_weights.leaf_path(_HEAD[prefix], leaf) or None
 
 
 def from_torchvision(source: Any, model: lraspp.LRASPPMobileNetV3) -> Dict[str, Any]:
@@ -84,37 +74,14 @@ def from_torchvision(source: Any, model: lraspp.LRASPPMobileNetV3) -> Dict[str, 
   without a place, every Flax leaf without a weight and every shape mismatch.
   """
   check_options(model)
-  if isinstance(source, (str, os.PathLike)):
-    source = torch_weights.load_state_dict(source)
-  if not isinstance(source, Mapping):
-    raise ValueError(f'source must be a state dict or a file path; got {type(source).__name__}.')
-  # pylint: disable=protected-access  (the classifier converter's name and layout rules)
-  state = {name: torch_weights._to_numpy(value) for name, value in source.items()
-           if not name.endswith('num_batches_tracked')}
-  backbone_paths = torch_weights._torchvision_paths(
+  state = torch_weights.read_state(source)
+  backbone_paths = torch_weights.torchvision_paths(
       ['features.' + n[len('backbone.'):] for n in state if n.startswith('backbone.')])
   shapes_model = model.clone(backbone=model.backbone.clone(depthwise_impl='conv'))
-  expected = traverse_util.flatten_dict(jax.eval_shape(
-      lambda rng: lraspp.init_variables(shapes_model, rng, (64, 64)), jax.random.key(0)))
-  found, unknown, mismatched = {}, [], []
-  for name, value in state.items():
-    path = _flax_path(name, backbone_paths)
-    if path is None or path not in expected or path in found:
-      unknown.append(f'{name} {tuple(value.shape)}')
-      continue
-    converted = torch_weights._to_flax_layout(value, expected[path].shape)
-    if converted.shape != expected[path].shape:
-      mismatched.append(f'{name} {tuple(value.shape)} -> {"/".join(path)} has shape '
-                        f'{converted.shape} but the Flax model expects {expected[path].shape}')
-      continue
-    found[path] = jnp.asarray(converted, expected[path].dtype)
-  missing = [f'{"/".join(p)} {expected[p].shape}' for p in expected if p not in found]
-  if unknown or mismatched or missing:
-    raise ValueError(
-        f'The torchvision LR-ASPP checkpoint does not fit LRASPPMobileNetV3(variant='
-        f'{model.backbone.variant!r}, num_classes={model.num_classes}, inter_channels='
-        f'{model.inter_channels}):'
-        + (_listed('shape mismatches', mismatched) if mismatched else '')
-        + (_listed('torchvision weights left unused', unknown) if unknown else '')
-        + (_listed('Flax leaves without a torchvision weight', missing) if missing else ''))
-  return traverse_util.unflatten_dict(found)
+  shapes = jax.eval_shape(lambda rng: lraspp.init_variables(shapes_model, rng, (64, 64)),
+                          jax.random.key(0))
+  return torch_weights.fill_variables(
+      [(name, _flax_path(name, backbone_paths), value) for name, value in state.items()], shapes,
+      f'The torchvision LR-ASPP checkpoint does not fit LRASPPMobileNetV3(variant='
+      f'{model.backbone.variant!r}, num_classes={model.num_classes}, inter_channels='
+      f'{model.inter_channels})')

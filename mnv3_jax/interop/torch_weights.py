@@ -15,21 +15,23 @@ Formats (which models' weights, and what they compute with):
 Padding and epsilon are invisible in the weights, so `model` must already have the format's values
 (`required_options(fmt)`); other options are checked by shape, as in `mnv3_jax.convert.from_keras`:
 every weight maps by name to one Flax leaf and every leaf must be filled with a weight of its
-shape, else a ValueError names the weights, the Flax paths and both shapes.
+shape, else a ValueError names the weights, the Flax paths and both shapes. Its steps are shared
+with the LR-ASPP and SSDLite converters: `read_state`, `torchvision_paths` / `leaf_path` (names ->
+Flax paths), `to_flax_layout` and `fill_variables` (the checked placement).
 
-Files are never unpickled: `.safetensors` is read with the `safetensors` package, `.pth`/`.pt`/
-`.bin` with `torch.load(weights_only=True)`, which refuses any pickle that would build objects
-other than tensors and plain containers (so a malicious file cannot run code).
+Files are read by `load_state_dict` (`torch_files`), which never unpickles code.
 """
 import collections
 import os
-import pickle
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from mnv3_jax.interop import keras_weights
+from mnv3_jax.interop.torch_files import load_state_dict
 from mnv3_jax import model as model_lib
 
 FORMATS = ('torchvision', 'timm', 'timm_tf')
@@ -41,8 +43,7 @@ _FORMAT_OPTIONS = {
 # What every format computes; the rest (variant, width, minimalistic, classes) shows in the shapes.
 _COMMON_OPTIONS = dict(activation='hard_swish', se_gate='hard_sigmoid', stem_filters=16,
                        last_stage='efficient')
-_TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
-_WRAPPER_KEYS = ('state_dict', 'model', 'model_state_dict')
+_MAX_LISTED = 8   # problems of one kind that `fill_variables` names
 
 Path = Tuple[str, ...]
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
@@ -74,13 +75,17 @@ def required_options(fmt: str) -> Dict[str, Any]:
   return {**_COMMON_OPTIONS, **_FORMAT_OPTIONS[fmt]}
 
 
-def _leaf(module: Path, leaf: str) -> Optional[Path]:
+def leaf_path(module: Path, leaf: str) -> Optional[Path]:
+  """Flax path (collection, *module, leaf) of PyTorch weight `leaf` of Flax module `module`, or
+  None. BatchNorms (module ends in 'bn'): weight, bias, running_mean, running_var -> params scale,
+  bias, batch_stats mean, var; convs and linears: weight, bias -> params kernel, bias."""
   table = _BN if module[-1] == 'bn' else _DENSE
   return (table[leaf][0], *module, table[leaf][1]) if leaf in table else None
 
 
-def _torchvision_paths(names) -> Dict[str, Optional[Path]]:
-  """Flax path (None: unknown) of every torchvision weight name."""
+def torchvision_paths(names: Iterable[str]) -> Dict[str, Optional[Path]]:
+  """Flax path (`leaf_path`; None: unknown) of every torchvision classifier weight name, of one
+  state dict's `features.*` and `classifier.*` names together (they show which bneck is last)."""
   parsed = {n: _TV_FEATURE.fullmatch(n) for n in names}
   last = max((int(m[1]) for m in parsed.values() if m), default=0)
   convs = collections.defaultdict(set)   # bneck -> indices of its conv-BN modules
@@ -108,7 +113,7 @@ def _torchvision_paths(names) -> Dict[str, Optional[Path]]:
         roles = _TV_ROLES[len(_TV_ROLES) - len(order):] if len(order) in (2, 3) else ()
         if roles:
           module = (block, roles[order.index(index)], 'conv' if m[3] == '0' else 'bn')
-    paths[name] = module and _leaf(module, leaf)
+    paths[name] = module and leaf_path(module, leaf)
   return paths
 
 
@@ -135,12 +140,14 @@ def _timm_paths(names) -> Dict[str, Optional[Path]]:
       elif part in _TIMM_SE or part in _TIMM_PARTS[kinds[key]]:
         module = (f'block_{numbers[key]}',
                   *(_TIMM_SE.get(part) or _TIMM_PARTS[kinds[key]][part]))
-    paths[name] = module and _leaf(module, leaf)
+    paths[name] = module and leaf_path(module, leaf)
   return paths
 
 
-def _to_flax_layout(value: np.ndarray, want: Tuple[int, ...]) -> np.ndarray:
-  """PyTorch (out, in, kh, kw) convs, (out, in) linears -> Flax (kh, kw, in, out), (in, out)."""
+def to_flax_layout(value: np.ndarray, want: Tuple[int, ...]) -> np.ndarray:
+  """A PyTorch weight in Flax layout, for a leaf of shape `want`: convs (out, in, kh, kw) -> (kh,
+  kw, in, out) (depthwise (C, 1, k, k) -> (k, k, 1, C)), or (in, out) for a 1x1 conv where `want`
+  is 2-D (a Dense); linears (out, in) -> (in, out); 1-D weights (biases, BN) as they are."""
   if value.ndim == 4 and len(want) == 2 and value.shape[2:] == (1, 1):
     return value[:, :, 0, 0].T     # a 1x1 conv, a matmul in Flax
   if value.ndim == 4:
@@ -183,17 +190,59 @@ def from_torch(source: Any, model: model_lib.MobileNetV3, fmt: str) -> Dict[str,
   any leaf unfilled, or any shape differs (naming them and the checkpoint's bnecks and classes).
   """
   check_options(model, fmt)
+  state = read_state(source)
+  paths = (torchvision_paths if fmt == 'torchvision' else _timm_paths)(state)
+  return keras_weights.fill_leaves(
+      [(name, paths[name], value) for name, value in state.items()], model,
+      lambda value, path, shape: to_flax_layout(value, shape),
+      source=f'The {fmt} checkpoint ({_summary(state, fmt)})', kind=fmt)
+
+
+def read_state(source: Any) -> Dict[str, np.ndarray]:
+  """A state dict (name -> torch tensor or numpy array) or a file (`load_state_dict`) as name ->
+  numpy array in PyTorch layout (torch float tensors as float32), less `num_batches_tracked`."""
   if isinstance(source, (str, os.PathLike)):
     source = load_state_dict(source)
   if not isinstance(source, Mapping):
     raise ValueError(f'source must be a state dict or a file path; got {type(source).__name__}.')
-  state = {name: _to_numpy(value) for name, value in source.items()
-           if not name.endswith('num_batches_tracked')}
-  paths = (_torchvision_paths if fmt == 'torchvision' else _timm_paths)(state)
-  return keras_weights.fill_leaves(
-      [(name, paths[name], value) for name, value in state.items()], model,
-      lambda value, path, shape: _to_flax_layout(value, shape),
-      source=f'The {fmt} checkpoint ({_summary(state, fmt)})', kind=fmt)
+  return {name: _to_numpy(value) for name, value in source.items()
+          if not name.endswith('num_batches_tracked')}
+
+
+def fill_variables(weights: Iterable[Tuple[str, Optional[Path], np.ndarray]], shapes: Mapping,
+                   description: str) -> Dict[str, Any]:
+  """Places PyTorch weights into a Flax variable tree, or explains why they do not fit.
+
+  weights: (name, Flax path (`leaf_path`) or None if unknown, array in PyTorch layout) triples.
+  shapes: the model's variable tree of jax.ShapeDtypeStructs (`jax.eval_shape` of its init).
+  description: the error's first words (what does not fit what). Returns {'params',
+  'batch_stats'} in `shapes`' tree and dtypes, in Flax layout (`to_flax_layout`). Raises
+  ValueError naming (up to 8 each) every shape mismatch, weight without a leaf (or whose leaf is
+  filled already) and leaf without a weight."""
+  expected = traverse_util.flatten_dict(shapes)
+  found, unknown, mismatched = {}, [], []
+  for name, path, value in weights:
+    if path is None or path not in expected or path in found:
+      unknown.append(f'{name} {tuple(value.shape)}')
+      continue
+    converted = to_flax_layout(value, expected[path].shape)
+    if converted.shape != expected[path].shape:
+      mismatched.append(f'{name} {tuple(value.shape)} -> {"/".join(path)} has shape '
+                        f'{converted.shape} but the Flax model expects {expected[path].shape}')
+      continue
+    found[path] = jnp.asarray(converted, expected[path].dtype)
+  missing = [f'{"/".join(p)} {expected[p].shape}' for p in expected if p not in found]
+  if unknown or mismatched or missing:
+    raise ValueError(
+        f'{description}:' + (_listed('shape mismatches', mismatched) if mismatched else '')
+        + (_listed('torchvision weights left unused', unknown) if unknown else '')
+        + (_listed('Flax leaves without a torchvision weight', missing) if missing else ''))
+  return traverse_util.unflatten_dict(found)
+
+
+def _listed(title: str, items: list) -> str:
+  more = f' (and {len(items) - _MAX_LISTED} more)' if len(items) > _MAX_LISTED else ''
+  return f'\n  {title}: ' + '; '.join(items[:_MAX_LISTED]) + more
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -202,66 +251,3 @@ def _to_numpy(value: Any) -> np.ndarray:
     value = value.float() if value.is_floating_point() else value
     return value.numpy()
   return np.asarray(value)
-
-
-def load_state_dict(path, key: Optional[str] = None) -> Dict[str, Any]:
-  """Reads the weights of a `.safetensors`, `.pth`, `.pt` or `.bin` file without unpickling code.
-
-  key: the entry holding the state dict in a training checkpoint (e.g. 'state_dict_ema'); by
-  default the file itself, or its 'state_dict' / 'model' / 'model_state_dict' entry. A leading
-  'module.' (DistributedDataParallel) is removed. Returns name -> tensor or array.
-  """
-  path = os.fspath(path)
-  if not path.endswith(('.safetensors', *_TORCH_SUFFIXES)):
-    raise ValueError(f'Unknown weights file type {path!r}; allowed: .safetensors, '
-                     f'{", ".join(_TORCH_SUFFIXES)}.')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'No weights file at {path!r}.')
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    try:
-      content = load_file(path)
-    except Exception as e:  # pylint: disable=broad-except  (safetensors' own error type)
-      raise _damaged(path, 'safetensors.numpy.save_file', e) from e
-  else:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f'Reading {path!r} needs PyTorch (pip install torch); or save the '
-                        'weights as .safetensors, which needs only `safetensors`.') from e
-    try:
-      content = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-      raise ValueError(
-          f'Refused {path!r}: it is not a plain weights file; loading it would run code or build '
-          f'objects other than tensors (torch.load(weights_only=True) says: '
-          f'{str(e).splitlines()[0][:300]}).') from None
-    # A damaged file fails as RuntimeError (zip), EOFError, KeyError, ... by where it breaks.
-    except Exception as e:  # pylint: disable=broad-except
-      raise _damaged(path, 'torch.save', e) from e
-  return _unwrap(content, path, key)
-
-
-def _damaged(path: str, writer: str, error: Exception) -> ValueError:
-  first = (str(error).splitlines() or [''])[0]
-  reason = re.split(r'(?<=\.) ', first)[0][:300] or type(error).__name__   # its first sentence
-  return ValueError(f'Cannot read {path!r}: it is damaged or not a weights file ({reason}); '
-                    f'allowed: a complete file written by {writer}.')
-
-
-def _unwrap(content: Any, path: str, key: Optional[str]) -> Dict[str, Any]:
-  if not isinstance(content, Mapping):
-    raise ValueError(f'{path!r} holds a {type(content).__name__}, not a state dict.')
-  if key is not None:
-    if key not in content:
-      raise ValueError(f'{path!r} has no entry {key!r}; it has {sorted(content)[:20]}.')
-    content = content[key]
-  elif not all(hasattr(v, 'shape') for v in content.values()):
-    wrapped = [k for k in _WRAPPER_KEYS if isinstance(content.get(k), Mapping)]
-    if not wrapped:
-      raise ValueError(f'{path!r} is not a state dict and has none of the entries '
-                       f'{list(_WRAPPER_KEYS)}; its entries: {sorted(content)[:20]}. Pass key=.')
-    content = content[wrapped[0]]
-  if content and all(name.startswith('module.') for name in content):
-    content = {name[len('module.'):]: value for name, value in content.items()}
-  return dict(content)

@@ -153,3 +153,58 @@ def test_imports_from_a_file(tmp_path):
                torch_ssdlite.from_torchvision(state, model))
   with pytest.raises(ValueError, match='source must be a state dict or a file path; got int'):
     torch_ssdlite.from_torchvision(3, model)
+
+
+def test_coco_contiguous_classes_are_torchvisions_slots_gathered():
+  """classes='coco_contiguous': the 81-class model's logits are the 91-slot model's at the
+  background and COCO_CATEGORY_IDS; its box regressions are the same."""
+  state = torch_reference.randomize(RawOutputs(torchvision_ssdlite('large', 91)), seed=2,
+                                    image_size=SIZE).state_dict()
+  images = np.random.default_rng(4).uniform(-1, 1, (1, *SIZE, 3)).astype(np.float32)
+  slots = torch_ssdlite.torchvision_model(num_classes=91, depthwise_impl='conv')
+  contiguous = slots.clone(num_classes=81)
+  box91, cls91 = jax.jit(slots.apply)(torch_ssdlite.from_torchvision(state, slots), images)
+  box81, cls81 = jax.jit(contiguous.apply)(
+      torch_ssdlite.from_torchvision(state, contiguous, classes='coco_contiguous'), images)
+  cls91, cls81 = np.asarray(cls91), np.asarray(cls81)
+  assert cls81.shape == (1, 3234, 81)
+  np.testing.assert_array_equal(box81, box91)
+  scale = np.abs(cls91).max()
+  gathered = cls91[..., [0, *torch_ssdlite.COCO_CATEGORY_IDS]]
+  # Not bitwise: XLA's matmul blocking differs with the output width (81 vs 91 x 6 channels);
+  # seen 1.4e-6 of logits up to 5.4 (2.6e-7 of the scale); misplaced channels give > 1.
+  assert np.abs(cls81 - gathered).max() <= 1e-6 * scale
+  assert np.abs(cls81 - cls91[..., :81]).max() > 0.1 * scale   # the gather is not a no-op
+
+
+def test_coco_category_ids_are_torchvisions_named_slots():
+  """The 80 ids are the slots torchvision names (not 'N/A'), ascending: TFDS coco's order."""
+  from torchvision.models import _meta  # pylint: disable=g-import-not-at-top  (after tv's stub)
+  names = _meta._COCO_CATEGORIES  # pylint: disable=protected-access
+  assert len(names) == 91
+  assert torch_ssdlite.COCO_CATEGORY_IDS == tuple(
+      i for i, name in enumerate(names) if name not in ('__background__', 'N/A'))
+
+
+def test_coco_contiguous_parameter_count():
+  """3,301,460: the 91-slot 3,440,060 less 10 slots x 6 boxes x (C_k + 1) weights per map, C_k =
+  672, 480, 512, 256, 256, 128 (2,310 with the biases): 138,600; torchvision's 81-class figure."""
+  state = torchvision_ssdlite('large', 91).state_dict()
+  model = torch_ssdlite.torchvision_model(num_classes=81)
+  variables = torch_ssdlite.from_torchvision(state, model, classes='coco_contiguous')
+  assert sum(p.size for p in jax.tree.leaves(variables['params'])) == 3_301_460
+  assert sum(p.numel() for p in torchvision_ssdlite('large', 81).parameters()) == 3_301_460
+
+
+def test_classes_that_do_not_fit_are_named():
+  state = reference()[1].state_dict()    # 11 classes
+  model = torch_ssdlite.torchvision_model(num_classes=81)
+  with pytest.raises(ValueError, match=r"Unknown classes 'coco'; allowed: \['torchvision', "
+                                       r"'coco_contiguous'\]"):
+    torch_ssdlite.from_torchvision(state, model, classes='coco')
+  with pytest.raises(ValueError, match=r'gives 81 classes .* has num_classes=91'):
+    torch_ssdlite.from_torchvision(state, model.clone(num_classes=91), classes='coco_contiguous')
+  with pytest.raises(ValueError, match=r"needs torchvision's 91 class slots: head.classification_"
+                                       r'head.module_list.0.1.weight \(66, 672, 1, 1\) has 66 '
+                                       r'output channels, not 6 boxes x 91'):
+    torch_ssdlite.from_torchvision(state, model, classes='coco_contiguous')
