@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mnv3_jax.data import generated_tfds
 from mnv3_jax.data import image_folder
 
 IMAGE_FOLDER = image_folder.NAME
@@ -98,20 +99,15 @@ def _even_shard_sizes(n: int, count: int) -> List[int]:
 def _tfds_builder(data_config) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder of `data_config.dataset`; builds 'digits' on first use."""
   name = _DIGITS_TFDS_NAME if data_config.dataset == DIGITS else data_config.dataset
-  try:
-    builder = tfds.builder(name, data_dir=data_config.data_dir)
-  except tfds.core.DatasetNotFoundError as e:
-    raise ValueError(
-        f'Unknown dataset {name!r}: not a TFDS dataset nor found in data_dir='
-        f'{data_config.data_dir!r}. Use a TFDS name, {IMAGE_FOLDER!r} or {DIGITS!r}.') from e
-  if not builder.is_prepared() and data_config.dataset == DIGITS:
+  if data_config.dataset == DIGITS:
+    builder = generated_tfds.prepare(SklearnDigits, data_config.data_dir)
+  else:
     try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except OSError:
-      if not builder.is_prepared():  # Not a race lost to another process building it too.
-        raise
-    builder = tfds.builder(name, data_dir=data_config.data_dir)
+      builder = tfds.builder(name, data_dir=data_config.data_dir)
+    except tfds.core.DatasetNotFoundError as e:
+      raise ValueError(
+          f'Unknown dataset {name!r}: not a TFDS dataset nor found in data_dir='
+          f'{data_config.data_dir!r}. Use a TFDS name, {IMAGE_FOLDER!r} or {DIGITS!r}.') from e
   if not builder.is_prepared():
     root = os.fspath(builder.data_dir_root)
     how = (_IMAGENET_HELP.format(manual=os.path.join(root, 'downloads', 'manual'), root=root)

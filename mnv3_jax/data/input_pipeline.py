@@ -13,6 +13,7 @@ different local shuffle of the same stored order. `train_iterator(start_step=k)`
 batches k, k+1, ... of an iterator started at step 0: it starts at epoch k * B // shard_size and
 skips the rest within that epoch on undecoded records (so the skip reads, at most one epoch of the
 shard, but does not decode). Epochs follow each other without a gap: a batch can span two epochs.
+mnv3_jax/data/determinism.py holds this order, shared with the segmentation and detection pipelines.
 """
 from typing import Iterator
 
@@ -22,9 +23,13 @@ from ml_collections import config_dict
 
 from mnv3_jax import defaults
 from mnv3_jax.data import datasets
+from mnv3_jax.data import determinism
 from mnv3_jax.data import image_folder
 # Re-exported: with the iterators below, the trainer's whole API to the data.
-from mnv3_jax.data.datasets import DatasetInfo, get_dataset_info  # pylint: disable=unused-import
+from mnv3_jax.data.datasets import DatasetInfo, get_dataset_info
+
+__all__ = ['DatasetInfo', 'check_config', 'default_data_config', 'eval_iterator',
+           'get_dataset_info', 'train_iterator']
 
 AUTOTUNE = tf.data.AUTOTUNE
 _MIN_OBJECT_COVERED = 0.1  # TF-slim's Inception preprocessing: a crop keeps >= 10% of the image.
@@ -60,15 +65,6 @@ def check_config(cfg) -> None:
   if cfg.num_parallel_calls != AUTOTUNE and cfg.num_parallel_calls < 1:
     bad('num_parallel_calls', f'need an int >= 1 or {AUTOTUNE} (AUTOTUNE)')
   image_folder.max_image_pixels(cfg)
-
-
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count={process_count}).')
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} must be a positive multiple of '
-                     f'process_count={process_count}.')
-  return global_batch_size // process_count
 
 
 def _decode_window(encoded: tf.Tensor, window) -> tf.Tensor:
@@ -115,18 +111,6 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.image.resize(image, [size, size], method='bilinear')
 
 
-def _to_unit_range(batch: dict) -> dict:
-  """Scales a batch's images from [0, 255] to [-1, 1] (x / 127.5 - 1), once per batch."""
-  return dict(batch, image=batch['image'] / 127.5 - 1.0)
-
-
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1  # Parallelism comes from the parallel map.
-  return options
-
-
 def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step: int,
                    process_index: int, process_count: int) -> Iterator[dict]:
   """Endless training batches of this process from step `start_step` on.
@@ -137,46 +121,28 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
   endless sequence of epochs.
   """
   check_config(data_config)
-  batch_size = _local_batch_size(global_batch_size, process_index, process_count)
-  if start_step < 0:
-    raise ValueError(f'start_step={start_step} must be >= 0.')
+  batch_size = determinism.local_batch_size(global_batch_size, process_index, process_count)
+  first = determinism.first_record(start_step, batch_size)
   cfg = data_config
   source = datasets.open_split(cfg, cfg.train_split, process_index, process_count)
-  num_examples = source.shard_sizes[process_index]
-  if not num_examples:
-    raise ValueError(f'Process {process_index} of {process_count} has no examples of '
-                     f'{cfg.train_split!r} (sizes {source.shard_sizes}).')
   records, read = source.dataset, source.read
   if cfg.cache:
     records = records.map(lambda key, label: (read(key), label), num_parallel_calls=AUTOTUNE)
     records, read = records.cache(), tf.identity
-  buffer = min(cfg.shuffle_buffer, num_examples)
-  shuffle_key, example_key = tf.unstack(tf.random.experimental.stateless_split(
-      tf.constant([seed, process_index], tf.int64), 2))
 
-  def epoch(e):
-    # Records numbered e * num_examples + i (i: place in the shard), then shuffled.
-    shuffle_seed = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(shuffle_key, e), minval=None, maxval=None,
-        dtype=tf.int64)
-    return records.enumerate(start=e * num_examples).shuffle(
-        buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-
-  def example(number, record):
+  def example(example_seed, record):
     key, label = record
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(example_key, number), 2))
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
     image = _resize(_decode_window(read(key), _random_window(cfg, crop_seed)), cfg.image_size)
     if cfg.random_flip:
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return {'image': image, 'label': tf.cast(label, tf.int32)}
 
-  first = start_step * batch_size
-  ds = tf.data.Dataset.range(first // num_examples, 2**62).flat_map(epoch)
-  ds = ds.skip(first % num_examples)
-  ds = ds.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True).map(_to_unit_range).prefetch(AUTOTUNE)
-  return ds.with_options(_options()).as_numpy_iterator()
+  ds = determinism.train_examples(
+      records, example, shard_sizes=source.shard_sizes, process_index=process_index,
+      split=cfg.train_split, seed=seed, first=first, shuffle_buffer=cfg.shuffle_buffer,
+      num_parallel_calls=cfg.num_parallel_calls)
+  return determinism.numpy_batches(ds, batch_size, drop_remainder=True)
 
 
 def eval_iterator(data_config, *, global_batch_size: int, process_index: int,
@@ -189,11 +155,10 @@ def eval_iterator(data_config, *, global_batch_size: int, process_index: int,
   ceil(max shard size / B) batches, and over all processes each example appears once with mask 1.
   """
   check_config(data_config)
-  batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  batch_size = determinism.local_batch_size(global_batch_size, process_index, process_count)
   cfg = data_config
   source = datasets.open_split(cfg, cfg.eval_split, process_index, process_count)
-  num_batches = -(-max(source.shard_sizes) // batch_size)
-  num_padding = num_batches * batch_size - source.shard_sizes[process_index]
+  num_padding = determinism.eval_padding(source.shard_sizes, process_index, batch_size)
   read, window = source.read, _center_window(cfg.eval_crop_fraction)
 
   def example(key, label):
@@ -204,5 +169,4 @@ def eval_iterator(data_config, *, global_batch_size: int, process_index: int,
              'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}
   ds = source.dataset.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
-  ds = ds.batch(batch_size).map(_to_unit_range).prefetch(AUTOTUNE)
-  return ds.with_options(_options()).as_numpy_iterator()
+  return determinism.numpy_batches(ds, batch_size)

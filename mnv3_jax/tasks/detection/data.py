@@ -20,7 +20,7 @@ The data config (`default_data_config()`; the trainer reads it as `config.data`)
 Training (per example): drop ignored boxes (COCO crowd, VOC difficult), IoU crop, flip, resize to
 S x S (aspect not kept, as torchvision's SSD transform), drop boxes under 1 px a side
 (torchvision's SanitizeBoundingBoxes), pad to G. Determinism and sharding are those of
-mnv3_jax/data/input_pipeline.py: each process reads its `tfds.even_splits` shard; epoch e shuffles
+mnv3_jax/data/determinism.py: each process reads its `tfds.even_splits` shard; epoch e shuffles
 it with a buffer seeded by (seed, process, e), record i of the endless sequence draws its crop and
 flip from stateless ops keyed on (seed, process, i); `start_step` resumes exactly.
 
@@ -42,6 +42,7 @@ import tensorflow as tf
 from ml_collections import config_dict
 
 from mnv3_jax import defaults
+from mnv3_jax.data import determinism
 from mnv3_jax.tasks.detection import data_augment as augment
 from mnv3_jax.tasks.detection import data_sources
 
@@ -118,15 +119,6 @@ def get_dataset_info(cfg) -> DatasetInfo:
                      data_sources.split_size(found, eval_split(cfg)))
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count={process_count}).')
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} must be a positive multiple of '
-                     f'process_count={process_count}.')
-  return global_batch_size // process_count
-
-
 def _pixel_boxes(bbox, image):
   """Normalized (ymin, xmin, ymax, xmax) -> pixels (x1, y1, x2, y2) of `image`."""
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -156,53 +148,25 @@ def augment_example(image, bbox, labels, cfg, seed):
   return {'image': image, 'boxes': boxes, 'labels': labels, 'valid': valid}
 
 
-def _to_unit_range(batch: dict) -> dict:
-  return dict(batch, image=batch['image'] / 127.5 - 1.0)
-
-
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1
-  return options
-
-
 def train_iterator(cfg, *, global_batch_size: int, seed: int, start_step: int,
                    process_index: int, process_count: int) -> Iterator[dict]:
   """Endless training batches of this process from step `start_step` on: {'image', 'boxes',
   'labels', 'valid'} (module docstring)."""
   check_config(cfg)
-  batch_size = _local_batch_size(global_batch_size, process_index, process_count)
-  if start_step < 0:
-    raise ValueError(f'start_step={start_step} must be >= 0.')
+  batch_size = determinism.local_batch_size(global_batch_size, process_index, process_count)
+  first = determinism.first_record(start_step, batch_size)
   source = data_sources.open_split(cfg, cfg.train_split, process_index, process_count)
-  num_examples = source.shard_sizes[process_index]
-  if not num_examples:
-    raise ValueError(f'Process {process_index} of {process_count} has no examples of '
-                     f'{cfg.train_split!r} (sizes {source.shard_sizes}).')
-  buffer = min(cfg.shuffle_buffer, num_examples)
-  shuffle_key, example_key = tf.unstack(tf.random.experimental.stateless_split(
-      tf.constant([seed, process_index], tf.int64), 2))
 
-  def epoch(e):
-    shuffle_seed = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(shuffle_key, e), minval=None, maxval=None,
-        dtype=tf.int64)
-    return source.records.enumerate(start=e * num_examples).shuffle(
-        buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-
-  def example(number, record):
+  def example(example_seed, record):
     kept = ~record['ignore']
-    seed_i = tf.random.experimental.stateless_fold_in(example_key, number)
     return augment_example(source.decode(record['image']), tf.boolean_mask(record['bbox'], kept),
-                           tf.boolean_mask(record['label'], kept), cfg, seed_i)
+                           tf.boolean_mask(record['label'], kept), cfg, example_seed)
 
-  first = start_step * batch_size
-  ds = tf.data.Dataset.range(first // num_examples, 2**62).flat_map(epoch)
-  ds = ds.skip(first % num_examples)
-  ds = ds.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True).map(_to_unit_range).prefetch(AUTOTUNE)
-  return ds.with_options(_options()).as_numpy_iterator()
+  ds = determinism.train_examples(
+      source.records, example, shard_sizes=source.shard_sizes, process_index=process_index,
+      split=cfg.train_split, seed=seed, first=first, shuffle_buffer=cfg.shuffle_buffer,
+      num_parallel_calls=cfg.num_parallel_calls)
+  return determinism.numpy_batches(ds, batch_size, drop_remainder=True)
 
 
 def _eval_example(record, real, cfg, decode):
@@ -231,11 +195,10 @@ def eval_iterator(cfg, *, global_batch_size: int, process_index: int,
   docstring). Every process yields ceil(max shard size / B) batches; over all processes each
   example appears once with mask 1."""
   check_config(cfg)
-  batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  batch_size = determinism.local_batch_size(global_batch_size, process_index, process_count)
   split = eval_split(cfg)
   source = data_sources.open_split(cfg, split, process_index, process_count)
-  num_batches = -(-max(source.shard_sizes) // batch_size)
-  num_padding = num_batches * batch_size - source.shard_sizes[process_index]
+  num_padding = determinism.eval_padding(source.shard_sizes, process_index, batch_size)
   ds = source.records.map(lambda r: _eval_example(r, True, cfg, source.decode),
                           num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
   if num_padding:
@@ -244,5 +207,4 @@ def eval_iterator(cfg, *, global_batch_size: int, process_index: int,
       first = data_sources.open_split(cfg, split, 0, process_count).records.take(1)
     ds = ds.concatenate(first.repeat(num_padding).map(
         lambda r: _eval_example(r, False, cfg, source.decode)))
-  ds = ds.batch(batch_size).map(_to_unit_range).prefetch(AUTOTUNE)
-  return ds.with_options(_options()).as_numpy_iterator()
+  return determinism.numpy_batches(ds, batch_size)

@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from skimage import draw
 
+from mnv3_jax.data import generated_tfds
+
 NAME = 'det_shapes'
 CLASSES = ('circle', 'rectangle', 'triangle')
 SIZE = 128
@@ -105,47 +107,31 @@ def example(split: str, index: int):
   return scene(np.random.default_rng((SEED, list(SPLITS).index(split), int(index))))
 
 
-class DetShapes(tfds.core.GeneratorBasedBuilder):
+class DetShapes(generated_tfds.IndexedBuilder):
   """The procedural detection scenes of this module as a TFDS dataset (no download)."""
+  SPLITS = SPLITS
+  DESCRIPTION = ('Procedural 128x128 detection scenes, classes ' + ', '.join(
+      f'{i} {name}' for i, name in enumerate(CLASSES)) + ' (mnv3_jax.tasks.detection.scenes).')
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': '128x128 scenes of circles, rectangles, triangles with boxes; '
                             'train 2000, test 300.'}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=('Procedural 128x128 detection scenes, classes ' + ', '.join(
-            f'{i} {name}' for i, name in enumerate(CLASSES)) + ' (mnv3_jax.tasks.detection.'
-                     'scenes).'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
-            'image/id': np.int64,
-            'objects': tfds.features.Sequence({
-                'bbox': tfds.features.BBoxFeature(),
-                'label': tfds.features.ClassLabel(names=CLASSES),
-            }),
-        }))
+  def _features(self):
+    return tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
+        'image/id': np.int64,
+        'objects': tfds.features.Sequence({
+            'bbox': tfds.features.BBoxFeature(),
+            'label': tfds.features.ClassLabel(names=CLASSES),
+        }),
+    })
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split):
-    for i in range(SPLITS[split]):
-      image, boxes, labels = example(split, i)
-      yield i, {'image': image, 'image/id': i, 'objects': {'bbox': boxes, 'label': labels}}
+  def _example(self, split, index):
+    image, boxes, labels = example(split, index)
+    return {'image': image, 'image/id': index, 'objects': {'bbox': boxes, 'label': labels}}
 
 
 def prepare(data_dir) -> tfds.core.DatasetBuilder:
   """The prepared 'det_shapes' builder of `data_dir` (None: the TFDS default), written on first use
   (seconds; processes racing to write it are fine: the loser reads the winner's)."""
-  builder = DetShapes(data_dir=data_dir)
-  if not builder.is_prepared():
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except OSError:
-      if not builder.is_prepared():
-        raise
-    builder = DetShapes(data_dir=data_dir)
-  return builder
+  return generated_tfds.prepare(DetShapes, data_dir)

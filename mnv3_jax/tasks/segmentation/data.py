@@ -22,7 +22,7 @@ The data config (`default_data_config()`; the trainer reads it as `config.data`)
 Training (per example): scale by s ~ U(scale_range) (image bilinear, mask nearest), pad at the
 bottom/right to at least S x S (image 0, mask ignore_label), take a random S x S crop and flip it,
 the image and mask stacked so that one crop and one flip move both. Determinism and sharding are
-those of mnv3_jax/data/input_pipeline.py: each process reads its `tfds.even_splits` shard; epoch e
+those of mnv3_jax/data/determinism.py: each process reads its `tfds.even_splits` shard; epoch e
 shuffles it with a buffer seeded by (seed, process, e), record i of the endless sequence draws its
 scale, crop and flip from stateless ops keyed on (seed, process, i); `start_step` resumes exactly.
 
@@ -37,6 +37,7 @@ import tensorflow as tf
 from ml_collections import config_dict
 
 from mnv3_jax import defaults
+from mnv3_jax.data import determinism
 from mnv3_jax.tasks.segmentation import data_sources
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -104,15 +105,6 @@ def get_dataset_info(cfg) -> DatasetInfo:
                      data_sources.split_size(cfg, eval_split(cfg)))
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count={process_count}).')
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} must be a positive multiple of '
-                     f'process_count={process_count}.')
-  return global_batch_size // process_count
-
-
 def _resize_pair(image, mask, size):
   """image bilinear (float32), mask nearest (int32, (h, w)) to size [h, w]."""
   image = tf.image.resize(tf.cast(image, tf.float32), size, method='bilinear')
@@ -144,53 +136,25 @@ def augment(image, mask, cfg, seed):
   return both[..., :3], tf.cast(tf.round(both[..., 3]), tf.int32)
 
 
-def _to_unit_range(batch: dict) -> dict:
-  return dict(batch, image=batch['image'] / 127.5 - 1.0)
-
-
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1
-  return options
-
-
 def train_iterator(cfg, *, global_batch_size: int, seed: int, start_step: int,
                    process_index: int, process_count: int) -> Iterator[dict]:
   """Endless training batches of this process from step `start_step` on: {'image' float32
   (B, S, S, 3), 'label' int32 (B, S, S)}, B = global_batch_size // process_count, S = crop_size."""
   check_config(cfg)
-  batch_size = _local_batch_size(global_batch_size, process_index, process_count)
-  if start_step < 0:
-    raise ValueError(f'start_step={start_step} must be >= 0.')
+  batch_size = determinism.local_batch_size(global_batch_size, process_index, process_count)
+  first = determinism.first_record(start_step, batch_size)
   source = data_sources.open_split(cfg, cfg.train_split, process_index, process_count)
-  num_examples = source.shard_sizes[process_index]
-  if not num_examples:
-    raise ValueError(f'Process {process_index} of {process_count} has no examples of '
-                     f'{cfg.train_split!r} (sizes {source.shard_sizes}).')
-  buffer = min(cfg.shuffle_buffer, num_examples)
-  shuffle_key, example_key = tf.unstack(tf.random.experimental.stateless_split(
-      tf.constant([seed, process_index], tf.int64), 2))
 
-  def epoch(e):
-    shuffle_seed = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(shuffle_key, e), minval=None, maxval=None,
-        dtype=tf.int64)
-    return source.records.enumerate(start=e * num_examples).shuffle(
-        buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-
-  def example(number, record):
+  def example(example_seed, record):
     image, mask = source.read(*record)
-    seed_i = tf.random.experimental.stateless_fold_in(example_key, number)
-    image, label = augment(image, mask, cfg, seed_i)
+    image, label = augment(image, mask, cfg, example_seed)
     return {'image': image, 'label': label}
 
-  first = start_step * batch_size
-  ds = tf.data.Dataset.range(first // num_examples, 2**62).flat_map(epoch)
-  ds = ds.skip(first % num_examples)
-  ds = ds.map(example, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True).map(_to_unit_range).prefetch(AUTOTUNE)
-  return ds.with_options(_options()).as_numpy_iterator()
+  ds = determinism.train_examples(
+      source.records, example, shard_sizes=source.shard_sizes, process_index=process_index,
+      split=cfg.train_split, seed=seed, first=first, shuffle_buffer=cfg.shuffle_buffer,
+      num_parallel_calls=cfg.num_parallel_calls)
+  return determinism.numpy_batches(ds, batch_size, drop_remainder=True)
 
 
 def _eval_example(image, mask, cfg):
@@ -218,11 +182,10 @@ def eval_iterator(cfg, *, global_batch_size: int, process_index: int,
   of different sizes raise ValueError when they would share a batch.
   """
   check_config(cfg)
-  batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  batch_size = determinism.local_batch_size(global_batch_size, process_index, process_count)
   split = eval_split(cfg)
   source = data_sources.open_split(cfg, split, process_index, process_count)
-  num_batches = -(-max(source.shard_sizes) // batch_size)
-  num_padding = num_batches * batch_size - source.shard_sizes[process_index]
+  num_padding = determinism.eval_padding(source.shard_sizes, process_index, batch_size)
 
   def example(record, real):
     image, label = _eval_example(*source.read(*record), cfg)
@@ -237,8 +200,7 @@ def eval_iterator(cfg, *, global_batch_size: int, process_index: int,
     if not source.shard_sizes[process_index]:   # an empty shard pads with another's first example
       first = data_sources.open_split(cfg, split, 0, process_count).records.take(1)
     ds = ds.concatenate(first.repeat(num_padding).map(lambda *r: example(r, False)))
-  ds = ds.batch(batch_size).map(_to_unit_range).prefetch(AUTOTUNE)
-  return _uniform_sizes(ds.with_options(_options()).as_numpy_iterator(), split)
+  return _uniform_sizes(determinism.numpy_batches(ds, batch_size), split)
 
 
 def _uniform_sizes(batches, split):

@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from skimage import draw, transform
 
+from mnv3_jax.data import generated_tfds
+
 NAME = 'seg_shapes'
 CLASSES = ('background', 'disk', 'rectangle', 'triangle')
 SIZE = 64
@@ -88,42 +90,26 @@ def example(split: str, index: int):
   return scene(np.random.default_rng((SEED, list(SPLITS).index(split), index)))
 
 
-class SegShapes(tfds.core.GeneratorBasedBuilder):
+class SegShapes(generated_tfds.IndexedBuilder):
   """The procedural shapes scenes of this module as a TFDS dataset (no download)."""
+  SPLITS = SPLITS
+  DESCRIPTION = ('Procedural 64x64 scenes with per-pixel classes ' + ', '.join(
+      f'{i} {name}' for i, name in enumerate(CLASSES)) + ' (mnv3_jax.tasks.segmentation.scenes).')
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': '64x64 scenes of disks, rectangles, triangles; train 2000, test 300.'}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=('Procedural 64x64 scenes with per-pixel classes ' + ', '.join(
-            f'{i} {name}' for i, name in enumerate(CLASSES)) + ' (mnv3_jax.tasks.segmentation.'
-                     'scenes).'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
-            'segmentation_mask': tfds.features.Image(shape=(SIZE, SIZE, 1)),
-        }))
+  def _features(self):
+    return tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
+        'segmentation_mask': tfds.features.Image(shape=(SIZE, SIZE, 1)),
+    })
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split):
-    for i in range(SPLITS[split]):
-      image, mask = example(split, i)
-      yield i, {'image': image, 'segmentation_mask': mask[..., None]}
+  def _example(self, split, index):
+    image, mask = example(split, index)
+    return {'image': image, 'segmentation_mask': mask[..., None]}
 
 
 def prepare(data_dir) -> tfds.core.DatasetBuilder:
   """The prepared 'seg_shapes' builder of `data_dir` (None: the TFDS default), written on first use
   (seconds; processes racing to write it are fine: the loser reads the winner's)."""
-  builder = SegShapes(data_dir=data_dir)
-  if not builder.is_prepared():
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except OSError:
-      if not builder.is_prepared():
-        raise
-    builder = SegShapes(data_dir=data_dir)
-  return builder
+  return generated_tfds.prepare(SegShapes, data_dir)
