@@ -7,9 +7,13 @@ data_dir)` writes it into data_dir once and returns the prepared builder, which
 `tfds.builder(name, data_dir=...)` reads from then on.
 """
 import abc
+import contextlib
+import io
+import logging as std_logging
 from typing import Dict, Type
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 
 class IndexedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -42,16 +46,36 @@ class IndexedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, self._example(split, i)
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Hides what TFDS says while it writes a generated dataset: its "Downloading and preparing"
+  prints (nothing downloads) and the warning that the new folder has no dataset_info.json yet."""
+  tfds_logger = std_logging.getLogger('absl')
+  level = tfds_logger.level
+  tfds_logger.setLevel(std_logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds_logger.setLevel(level)
+
+
 def prepare(builder_class: Type[tfds.core.DatasetBuilder], data_dir) -> tfds.core.DatasetBuilder:
   """The prepared `builder_class` builder of `data_dir` (None: the TFDS default), written on first
   use (processes racing to write it are fine: the loser reads the winner's)."""
-  builder = builder_class(data_dir=data_dir)
-  if not builder.is_prepared():
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except OSError:
-      if not builder.is_prepared():  # Not a race lost to another process writing it too.
-        raise
+  with _quiet_tfds():
     builder = builder_class(data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if not prepared:
+    logging.info('writing the generated dataset %s (%s) to %s', builder.name,
+                 ', '.join(f'{split} {n}' for split, n in builder_class.SPLITS.items()),
+                 builder.data_dir)
+    with _quiet_tfds():
+      try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      except OSError:
+        if not builder.is_prepared():  # Not a race lost to another process writing it too.
+          raise
+      builder = builder_class(data_dir=data_dir)
   return builder
