@@ -17,12 +17,12 @@ def demo_config():
   c.model.reduced_tail = 'none'
   c.model.bn_momentum = 0.9      # short runs: the recipe's decay leaves the statistics unsettled
   c.batch_size = 32
-  c.num_epochs = 32.0            # 2000 steps of 32 over the 2000 training scenes
+  c.num_epochs = 48.0            # 2976 steps of 32 over the 2000 training scenes
   c.optim.base_learning_rate = 0.005
   c.optim.base_batch_size = 32
   c.optim.warmup_epochs = 1.0
   c.optim.decay_epochs = 1.0
-  c.optim.decay_rate = 0.9
+  c.optim.decay_rate = 0.95      # base rate 0.01 stalls (EMA AP 0.2% at step 500)
   c.ema_decay = 0.99
   c.log_every_steps = 100
   c.eval_every_steps = 500
