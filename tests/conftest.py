@@ -69,3 +69,12 @@ def det_shapes_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('det_shapes')
   scenes.prepare(path)
   return str(path)
+
+
+@pytest.fixture(scope='session')
+def seg_shapes_dir(tmp_path_factory):
+  """A data_dir with the embedded segmentation demo 'seg_shapes' written (once per test process)."""
+  from mnv3_jax.tasks.segmentation import scenes  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('seg_shapes')
+  scenes.prepare(path)
+  return str(path)

@@ -13,13 +13,6 @@ PALETTE = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220], [230, 230, 230]
 SIZES = ((60, 80), (90, 50), (70, 70))   # (height, width) of the stand-in images
 
 
-@pytest.fixture(scope='module')
-def shapes_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('det_shapes')
-  scenes.prepare(path)
-  return path
-
-
 def coded_example(rng, index):
   """A black image with up to 5 non-overlapping solid boxes coloured by their COCO label 0..2;
   the last box, white (label 3), is a crowd region. Returns (image, bbox, label, crowd)."""
@@ -171,8 +164,8 @@ def test_crop_keeps_the_boxes_whose_centre_is_inside_clipped():
   assert out_labels.numpy().tolist() == [1, 2]   # [0, 0, 30, 30]: centre (15, 15) is outside
 
 
-def test_train_shards_are_disjoint_cover_the_split_and_resume(shapes_dir):
-  cfg = config(data_dir=str(shapes_dir), train_split='train[:40]', crop_min_ious=(1.0,),
+def test_train_shards_are_disjoint_cover_the_split_and_resume(det_shapes_dir):
+  cfg = config(data_dir=str(det_shapes_dir), train_split='train[:40]', crop_min_ious=(1.0,),
                random_flip=False)   # an identity transform at 128 px: the stored images
   def first_epoch(process):
     it = data.train_iterator(cfg, global_batch_size=8, seed=0, start_step=0,
@@ -182,7 +175,7 @@ def test_train_shards_are_disjoint_cover_the_split_and_resume(shapes_dir):
           for p in (0, 1)]
   assert len(seen[0]) == len(seen[1]) == 20 and not seen[0] & seen[1]
   assert seen[0] | seen[1] == {ex['image'].tobytes() for ex in tfds.as_numpy(
-      tfds.builder(scenes.NAME, data_dir=shapes_dir).as_dataset(split='train[:40]'))}
+      tfds.builder(scenes.NAME, data_dir=det_shapes_dir).as_dataset(split='train[:40]'))}
   cfg.update(crop_min_ious=data.DEFAULTS['crop_min_ious'], random_flip=True)
   run = data.train_iterator(cfg, global_batch_size=8, seed=1, start_step=0, process_index=1,
                             process_count=2)

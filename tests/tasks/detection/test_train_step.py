@@ -11,7 +11,7 @@ import pytest
 
 from mnv3_jax.model.backbone import MobileNetV3Backbone
 from mnv3_jax.parallel import sharding
-from mnv3_jax.tasks.detection import anchors, data, evaluation, scenes, ssdlite, train_step
+from mnv3_jax.tasks.detection import anchors, data, evaluation, ssdlite, train_step
 
 SIZE = (64, 64)
 
@@ -83,21 +83,14 @@ def test_default_boxes_must_fit_the_outputs():
 _FAST = {'xla_backend_optimization_level': 3}
 
 
-@pytest.fixture(scope='module')
-def shapes_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('det_shapes')
-  scenes.prepare(path)
-  return path
-
-
-def test_plain_optax_training_on_det_shapes_raises_the_map(shapes_dir):
+def test_plain_optax_training_on_det_shapes_raises_the_map(det_shapes_dir):
   """SSDLite on MobileNetV3-Small 0.5 at 96x96, 300 steps of 16 (AdamW, one-cycle to 2e-2), no
   crops (flips only): COCO mAP on 100 test images well above the untrained model's (measured on
   the 2-core box: AP50 0.001 -> 0.25, AP 0.000 -> 0.09)."""
   start = time.time()
   size, steps = 96, 300
   cfg = data.default_data_config()
-  cfg.update(data_dir=str(shapes_dir), image_size=size, crop_min_ious=(1.0,),
+  cfg.update(data_dir=str(det_shapes_dir), image_size=size, crop_min_ious=(1.0,),
              eval_split='test[:100]')
   backbone = MobileNetV3Backbone(variant='small', width=0.5, reduced_tail='torchvision',
                                  bn_momentum=0.9)

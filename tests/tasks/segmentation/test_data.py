@@ -13,13 +13,6 @@ IGNORE = 255
 PALETTE = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220]], np.uint8)   # class -> colour
 
 
-@pytest.fixture(scope='module')
-def shapes_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('seg_shapes')
-  scenes.prepare(path)
-  return path
-
-
 def config(**overrides):
   cfg = data.default_data_config()
   cfg.update(overrides)
@@ -81,8 +74,8 @@ def test_augmentation_keeps_image_and_mask_aligned(tmp_path):
   assert len({im.tobytes() for im in images}) == len(images)
 
 
-def test_train_shards_are_disjoint_cover_the_split_and_resume(shapes_dir):
-  cfg = config(data_dir=str(shapes_dir), train_split='train[:40]', scale_range=(1.0, 1.0),
+def test_train_shards_are_disjoint_cover_the_split_and_resume(seg_shapes_dir):
+  cfg = config(data_dir=str(seg_shapes_dir), train_split='train[:40]', scale_range=(1.0, 1.0),
                random_flip=False)   # an identity transform: crops are the stored images
   def first_epoch(process):
     it = data.train_iterator(cfg, global_batch_size=8, seed=0, start_step=0,
@@ -92,7 +85,7 @@ def test_train_shards_are_disjoint_cover_the_split_and_resume(shapes_dir):
   seen = [{np.round((im + 1) * 127.5).astype(np.uint8).tobytes() for im in s} for s in shards]
   assert len(seen[0]) == len(seen[1]) == 20 and not seen[0] & seen[1]
   stored = {ex['image'].tobytes() for ex in tfds.as_numpy(
-      tfds.builder(scenes.NAME, data_dir=shapes_dir).as_dataset(split='train[:40]'))}
+      tfds.builder(scenes.NAME, data_dir=seg_shapes_dir).as_dataset(split='train[:40]'))}
   assert seen[0] | seen[1] == stored
   # start_step=k yields batch k of a run from 0.
   cfg.update(scale_range=(0.5, 2.0), random_flip=True)
@@ -105,10 +98,10 @@ def test_train_shards_are_disjoint_cover_the_split_and_resume(shapes_dir):
   np.testing.assert_array_equal(resumed['label'], later['label'])
 
 
-def test_eval_padding_is_masked_and_every_example_counted_once(shapes_dir):
-  cfg = config(data_dir=str(shapes_dir), eval_split='test[:37]')
+def test_eval_padding_is_masked_and_every_example_counted_once(seg_shapes_dir):
+  cfg = config(data_dir=str(seg_shapes_dir), eval_split='test[:37]')
   stored = {ex['image'].tobytes(): ex['segmentation_mask'][..., 0] for ex in tfds.as_numpy(
-      tfds.builder(scenes.NAME, data_dir=shapes_dir).as_dataset(split='test[:37]'))}
+      tfds.builder(scenes.NAME, data_dir=seg_shapes_dir).as_dataset(split='test[:37]'))}
   real, counts = {}, []
   for process in range(3):   # shards 13, 12, 12; batches of 4: 4 batches each, 15 padded slots
     batches = list(data.eval_iterator(cfg, global_batch_size=12, process_index=process,

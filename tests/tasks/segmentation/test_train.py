@@ -12,15 +12,8 @@ from mnv3_jax.interop import pretrained
 from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
-from mnv3_jax.tasks.segmentation import data, data_sources, metrics, scenes
+from mnv3_jax.tasks.segmentation import data, data_sources, metrics
 from mnv3_jax.train import checkpointing, init_from, preflight, steps, trainer
-
-
-@pytest.fixture(scope='module')
-def shapes_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('seg_shapes')
-  scenes.prepare(path)
-  return str(path)
 
 
 def tiny(data_dir, **overrides):
@@ -62,8 +55,8 @@ def _batch(n=16, size=32, classes=4, seed=0):
   return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32), 'label': labels}
 
 
-def test_loss_is_the_mean_over_scored_pixels_of_the_global_batch(shapes_dir):
-  task = registry.get(tiny(shapes_dir))
+def test_loss_is_the_mean_over_scored_pixels_of_the_global_batch(seg_shapes_dir):
+  task = registry.get(tiny(seg_shapes_dir))
   batch = _batch()
   logits = np.random.default_rng(1).normal(size=(*batch['label'].shape, 4)).astype(np.float32)
   loss, values = task.loss_and_metrics(jnp.asarray(logits), batch, None)
@@ -84,8 +77,8 @@ def test_loss_is_the_mean_over_scored_pixels_of_the_global_batch(shapes_dir):
   np.testing.assert_allclose(got_values['pixel_accuracy'], values['pixel_accuracy'], rtol=1e-5)
 
 
-def test_one_step_on_8_devices_equals_1_device(shapes_dir):
-  config = tiny(shapes_dir)
+def test_one_step_on_8_devices_equals_1_device(seg_shapes_dir):
+  config = tiny(seg_shapes_dir)
   batch = _batch()
   results = []
   for devices in (jax.devices()[:8], jax.devices()[:1]):
@@ -116,10 +109,10 @@ def _restore(config, workdir):
   return jax.device_get(state)
 
 
-def test_resume_is_bit_identical(shapes_dir, tmp_path):
-  straight = tiny(shapes_dir, num_train_steps=6, **{'data.eval_split': 'test[:8]'})
+def test_resume_is_bit_identical(seg_shapes_dir, tmp_path):
+  straight = tiny(seg_shapes_dir, num_train_steps=6, **{'data.eval_split': 'test[:8]'})
   trainer.train_and_evaluate(straight, str(tmp_path / 'straight'))
-  first = tiny(shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:8]'})
+  first = tiny(seg_shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:8]'})
   trainer.train_and_evaluate(first, str(tmp_path / 'resumed'))
   trainer.train_and_evaluate(straight, str(tmp_path / 'resumed'))
   a, b = (_restore(straight, tmp_path / name) for name in ('straight', 'resumed'))
@@ -135,9 +128,9 @@ def _numpy_miou(labels, predictions, classes, ignore):
   return float(np.mean(tp[union > 0] / union[union > 0])), tp.sum() / counts.sum()
 
 
-def test_eval_miou_equals_a_numpy_confusion_matrix_of_the_same_weights(shapes_dir, tmp_path):
+def test_eval_miou_equals_a_numpy_confusion_matrix_of_the_same_weights(seg_shapes_dir, tmp_path):
   # 37 eval images: the last of 3 batches of 16 is padded (ignored) on 8 devices.
-  config = tiny(shapes_dir, num_train_steps=4, **{'data.eval_split': 'test[:37]'})
+  config = tiny(seg_shapes_dir, num_train_steps=4, **{'data.eval_split': 'test[:37]'})
   workdir = tmp_path / 'run'
   result = trainer.train_and_evaluate(config, str(workdir))
   assert result['ema_count'] == result['eval_count'] == 37
@@ -162,9 +155,9 @@ def test_eval_miou_equals_a_numpy_confusion_matrix_of_the_same_weights(shapes_di
   assert (workdir / 'best').is_dir() and len(list((workdir / 'best').iterdir())) == 1
 
 
-def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(shapes_dir,
+def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(seg_shapes_dir,
                                                                             tmp_path):
-  config = tiny(shapes_dir)
+  config = tiny(seg_shapes_dir)
   classifier = MobileNetV3(variant='small', width=0.35, num_classes=10, depthwise_impl='conv')
   weights = jax.device_get(classifier.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3))))
   pretrained.save(tmp_path / 'weights', weights, classifier)
@@ -199,9 +192,9 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(sha
     ('data.dataset', 'voc', "config.data.dataset='voc'"),
     ('task', 'keypoints', "Invalid task 'keypoints'"),
 ])
-def test_a_bad_segmentation_field_is_named_before_the_workdir_exists(shapes_dir, tmp_path, field,
+def test_a_bad_segmentation_field_is_named_before_the_workdir_exists(seg_shapes_dir, tmp_path, field,
                                                                      value, message):
-  config = tiny(shapes_dir)
+  config = tiny(seg_shapes_dir)
   *parents, leaf = field.split('.')
   node = config
   for p in parents:
@@ -212,9 +205,9 @@ def test_a_bad_segmentation_field_is_named_before_the_workdir_exists(shapes_dir,
   assert not (tmp_path / 'run').exists()
 
 
-def test_the_demo_config_passes_preflight_and_names_its_model(shapes_dir, tmp_path):
+def test_the_demo_config_passes_preflight_and_names_its_model(seg_shapes_dir, tmp_path):
   config = seg_demo.get_config()
-  config.data.data_dir = shapes_dir
+  config.data.data_dir = seg_shapes_dir
   checked = preflight.check_config(config, str(tmp_path / 'run'), sharding.make_mesh())
   assert (checked.info.num_classes, checked.info.num_train_examples) == (4, 2000)
   line, = checked.task.header_lines(checked.task.build_model(checked.info), checked.info)
