@@ -122,8 +122,9 @@ def restore_params(config, workdir):
   return jax.device_get(state)
 
 
-def main_flags(config) -> list:
-  """`--config.<key>=<value>` for every field in which `config` differs from configs/demo.py."""
+def main_flags(config, demo_module=demo) -> list:
+  """`--config.<key>=<value>` for every field in which `config` differs from the demo config of
+  `demo_module` (configs/demo.py; e.g. configs/det_demo.py for detection)."""
   def flat(c, prefix=''):
     out = {}
     for key, value in c.items():
@@ -131,6 +132,7 @@ def main_flags(config) -> list:
                  else {prefix + key: value})
     return out
 
-  base, ours = flat(demo.demo_config()), flat(config)
-  return ['--config=configs/demo.py'] + [f'--config.{k}={v}' for k, v in sorted(ours.items())
-                                         if v != base[k]]
+  base, ours = flat(demo_module.demo_config()), flat(config)
+  name = demo_module.__name__.split('.')[-1]
+  return [f'--config=configs/{name}.py'] + [f'--config.{k}={v}' for k, v in sorted(ours.items())
+                                            if v != base[k]]

@@ -67,9 +67,7 @@ def prepare(builder_class: Type[tfds.core.DatasetBuilder], data_dir) -> tfds.cor
     builder = builder_class(data_dir=data_dir)
     prepared = builder.is_prepared()
   if not prepared:
-    logging.info('writing the generated dataset %s (%s) to %s', builder.name,
-                 ', '.join(f'{split} {n}' for split, n in builder_class.SPLITS.items()),
-                 builder.data_dir)
+    logging.info('writing the generated dataset %s to %s (once)', builder.name, builder.data_dir)
     with _quiet_tfds():
       try:
         builder.download_and_prepare(

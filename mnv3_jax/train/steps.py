@@ -193,6 +193,14 @@ def jit_steps(model, tx, schedule, config, mesh, qat_freeze: Optional[QATFreeze]
                          in_specs=(P(), P(axis)), out_specs=(P(), P()), check_vma=False)
   train_fn = jax.jit(sharding.traced_in_mesh(step, mesh), in_shardings=(rep, data),
                      out_shardings=(rep, rep), donate_argnums=0)
-  eval_fn = jax.jit(sharding.traced_in_mesh(functools.partial(eval_step, model=model, task=task), mesh),
-                    in_shardings=(rep, data), out_shardings=rep)
-  return init_fn, train_fn, eval_fn
+  return init_fn, train_fn, jit_eval(model, mesh, task)
+
+
+def jit_eval(model, mesh, task: Optional[base.Task] = None):
+  """`eval_step` of `model` compiled for `mesh`: (variables replicated, batch sharded) -> what the
+  batch contributes (`task.eval_outputs`, replicated). task None: classification."""
+  task = task or classification.Classification(label_smoothing=0.0)
+  return jax.jit(sharding.traced_in_mesh(functools.partial(eval_step, model=model, task=task),
+                                         mesh),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))

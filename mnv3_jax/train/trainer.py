@@ -129,7 +129,7 @@ def _train_and_evaluate(config, workdir, mesh, checked, stop) -> Optional[dict]:
                                                qat_freeze(config, steps_per_epoch), task)
   float_eval_fn = None
   if config.quant == 'qat':    # the float EMA weights are evaluated too
-    float_eval_fn = steps.jit_steps(model.float_model, tx, schedule, config, mesh, task=task)[2]
+    float_eval_fn = steps.jit_eval(model.float_model, mesh, task)
 
   ckpt = checkpointing.Checkpointer(
       workdir, save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,

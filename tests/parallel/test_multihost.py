@@ -46,12 +46,13 @@ def pod_env() -> dict:
 
 
 @contextlib.contextmanager
-def running_pod(config, workdir, log_dir, **env):
+def running_pod(config, workdir, log_dir, flags=None, **env):
   """launch/local.sh: 2 processes x 4 devices of main.py; whatever of it still runs at the end
-  (the launcher and its workers: one process group) is killed. env: extra environment."""
+  (the launcher and its workers: one process group) is killed. flags: main.py's config flags
+  (default: `main_flags(config)`, a classification run); env: extra environment."""
   pod = subprocess.Popen(
       ['bash', str(ROOT / 'launch' / 'local.sh'), '-n', '2', '-d', '4', '-l', str(log_dir), '--',
-       *main_flags(config), f'--workdir={workdir}'],
+       *(flags or main_flags(config)), f'--workdir={workdir}'],
       cwd=ROOT, env={**pod_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       start_new_session=True)
   try:

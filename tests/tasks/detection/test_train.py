@@ -39,7 +39,7 @@ def tiny(data_dir, **overrides):
   return c
 
 
-def _setup(config, mesh):
+def setup(config, mesh):
   task = registry.get(config)
   info = task.check_config()
   model = task.build_model(info)
@@ -75,7 +75,7 @@ def test_two_steps_on_8_devices_equal_1_device(det_shapes_dir):
   results = []
   for devices in (jax.devices()[:8], jax.devices()[:1]):
     mesh = sharding.make_mesh(devices)
-    _, _, (init_fn, train_fn, _) = _setup(config, mesh)
+    _, _, (init_fn, train_fn, _) = setup(config, mesh)
     state = init_fn(jax.random.key(0))
     for _ in range(2):
       state, metrics = train_fn(state, sharding.to_global(batch, mesh))
@@ -89,9 +89,9 @@ def test_two_steps_on_8_devices_equal_1_device(det_shapes_dir):
   assert max(moved) > 1e-4     # the steps changed the weights: equality is not vacuous
 
 
-def _restore(config, workdir):
+def restore(config, workdir):
   mesh = sharding.make_mesh()
-  _, _, (init_fn, _, _) = _setup(config, mesh)
+  _, _, (init_fn, _, _) = setup(config, mesh)
   ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
   try:
     state, step = ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
@@ -107,7 +107,7 @@ def test_resume_is_bit_identical(det_shapes_dir, tmp_path):
   first = tiny(det_shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:8]'})
   trainer.train_and_evaluate(first, str(tmp_path / 'resumed'))
   trainer.train_and_evaluate(straight, str(tmp_path / 'resumed'))
-  a, b = (_restore(straight, tmp_path / name) for name in ('straight', 'resumed'))
+  a, b = (restore(straight, tmp_path / name) for name in ('straight', 'resumed'))
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -118,7 +118,7 @@ def test_eval_ap_equals_cocoeval_of_the_same_weights_and_writes_the_picture(det_
   workdir = tmp_path / 'run'
   result = trainer.train_and_evaluate(config, str(workdir))
   assert result['ema_count'] == result['eval_count'] == 37
-  state = _restore(config, workdir)
+  state = restore(config, workdir)
   task = registry.get(config)
   model = task.build_model(task.check_config())
   s = config.ssd
@@ -155,7 +155,7 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_rest_fresh(det
   pretrained.save(tmp_path / 'weights', weights, classifier)
   config.init_from = str(tmp_path / 'weights')
   mesh = sharding.make_mesh()
-  task, model, (init_fn, _, _) = _setup(config, mesh)
+  task, model, (init_fn, _, _) = setup(config, mesh)
   loaded = init_from.read(config, task, model)
   fresh = init_fn(jax.random.key(0))
   state = jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh)))
