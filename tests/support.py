@@ -3,8 +3,10 @@
 - NUM_TRAIN, NUM_EVAL: the sizes of conftest's on-disk imagenet2012 stand-in;
 - numerics: `spatial_pads`, `assert_close` (of max|want|) and the bfloat16 bounds
   (`assert_rounded_once`, `assert_within_sum_bound`) of the kernel tests;
-- training runs: `tiny_config`, `steps_per_epoch`, `random_batch`, `restore_state`,
-  `restore_params`, and `main_flags` (a config as main.py's command line).
+- training runs: `tiny_config`, `set_fields`, `steps_per_epoch`, `random_batch`, `restore_state`,
+  `restore_params`, and `main_flags` (a config as main.py's command line);
+- any task's runs (segmentation, detection): `task_steps`, `restore_task_state`,
+  `assert_8_devices_equal_1_device`, `assert_resume_is_bit_identical`.
 """
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ from configs import demo
 from mnv3_jax.data import input_pipeline
 from mnv3_jax.model import blocks
 from mnv3_jax.parallel import sharding
+from mnv3_jax.tasks import registry
 from mnv3_jax.train import checkpointing
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
@@ -82,13 +85,18 @@ def tiny_config(data_dir, **overrides):
   c.log_every_steps = 2
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 3
+  return set_fields(c, overrides)
+
+
+def set_fields(config, overrides: dict):
+  """Sets each dotted field of `overrides` ({'data.eval_split': 'test[:8]', ...}); returns config."""
   for key, value in overrides.items():
-    node = c
+    node = config
     *parents, leaf = key.split('.')
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
 
 
 def steps_per_epoch(config):
@@ -136,3 +144,58 @@ def main_flags(config, demo_module=demo) -> list:
   name = demo_module.__name__.split('.')[-1]
   return [f'--config=configs/{name}.py'] + [f'--config.{k}={v}' for k, v in sorted(ours.items())
                                             if v != base[k]]
+
+
+# ---------------------------------------------------------------------------- any task's runs
+
+def task_steps(config, mesh):
+  """(task, model, (init_fn, train_fn, eval_fn)) of `config`'s task, jitted for `mesh`, as
+  train_and_evaluate builds them (so that tests share its compiled programs)."""
+  task = registry.get(config)
+  info = task.check_config()
+  model = task.build_model(info)
+  schedule, tx = trainer.build_optimizer(
+      config, max(1, info.num_train_examples // config.batch_size))
+  return task, model, steps.jit_steps(model, tx, schedule, config, mesh, task=task)
+
+
+def restore_task_state(config, workdir):
+  """The host train state of `config`'s run in `workdir` at step config.num_train_steps."""
+  mesh = sharding.make_mesh()
+  _, _, (init_fn, _, _) = task_steps(config, mesh)
+  ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
+  try:
+    state, step = ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
+  finally:
+    ckpt.close()
+  assert step == config.num_train_steps
+  return jax.device_get(state)
+
+
+def assert_8_devices_equal_1_device(config, batch, num_steps: int = 2):
+  """`num_steps` train steps of `config` on `batch` (numpy, global) give the same params (<= 1e-5)
+  and loss on 8 devices as on 1, and do change the params."""
+  results = []
+  for devices in (jax.devices()[:8], jax.devices()[:1]):
+    mesh = sharding.make_mesh(devices)
+    _, _, (init_fn, train_fn, _) = task_steps(config, mesh)
+    state = init_fn(jax.random.key(0))
+    for _ in range(num_steps):
+      state, metrics = train_fn(state, sharding.to_global(batch, mesh))
+    results.append((jax.device_get(state), metrics.compute()))
+  (s8, m8), (s1, m1) = results
+  deltas = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s8.params, s1.params)
+  assert max(jax.tree.leaves(deltas)) <= 1e-5
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  init = jax.device_get(init_fn(jax.random.key(0)))
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s1.params, init.params))
+  assert max(moved) > 1e-4     # the steps changed the weights: equality is not vacuous
+
+
+def assert_resume_is_bit_identical(make_config, tmp_path):
+  """A run of 6 steps equals one of 3 steps resumed to 6, bit for bit; make_config(num_steps)."""
+  trainer.train_and_evaluate(make_config(6), str(tmp_path / 'straight'))
+  trainer.train_and_evaluate(make_config(3), str(tmp_path / 'resumed'))
+  trainer.train_and_evaluate(make_config(6), str(tmp_path / 'resumed'))
+  a, b = (restore_task_state(make_config(6), tmp_path / name) for name in ('straight', 'resumed'))
+  jax.tree.map(np.testing.assert_array_equal, a, b)

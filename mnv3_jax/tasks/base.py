@@ -18,6 +18,7 @@ Models take (N, H, W, 3) images in [-1, 1] and `train=`; their variables are {'p
 'batch_stats'}, so the trainer's state, EMA and checkpoints are the same for every task.
 """
 import abc
+import types
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import jax
@@ -63,8 +64,10 @@ class CollectionAccumulator(EvalAccumulator):
 
 class Task(abc.ABC):
   """One task of the trainer (module docstring). Subclasses set `name`, `report`,
-  `train_metrics` and `init_from_scope`."""
+  `train_metrics`, `init_from_scope` and `pipeline`."""
   name: str
+  pipeline: types.ModuleType   # the task's input pipeline: its train_iterator, eval_iterator
+  #                              (and eval_split) of config.data
   report: ReportNames
   train_metrics: type          # a clu Collection of loss, learning_rate, grad_norm, update_norm,
   #                              param_norm and the metrics `loss_and_metrics` returns
@@ -89,20 +92,24 @@ class Task(abc.ABC):
   def init_image_size(self) -> Tuple[int, int]:
     """(H, W) of the dummy images the variables are created with."""
 
-  @abc.abstractmethod
   def train_iterator(self, *, global_batch_size: int, seed: int, start_step: int,
                      process_index: int, process_count: int) -> Iterator[dict]:
-    """Endless, deterministic numpy training batches of this process from `start_step` on."""
+    """Endless, deterministic numpy training batches of this process from `start_step` on
+    (`pipeline.train_iterator` of config.data)."""
+    return self.pipeline.train_iterator(
+        self.config.data, global_batch_size=global_batch_size, seed=seed, start_step=start_step,
+        process_index=process_index, process_count=process_count)
 
-  @abc.abstractmethod
   def eval_iterator(self, *, global_batch_size: int, process_index: int,
                     process_count: int) -> Iterator[dict]:
     """One pass over this process's eval shard, padded to whole batches ('mask' 0 = padding);
-    every process yields the same number of batches."""
+    every process yields the same number of batches (`pipeline.eval_iterator` of config.data)."""
+    return self.pipeline.eval_iterator(self.config.data, global_batch_size=global_batch_size,
+                                       process_index=process_index, process_count=process_count)
 
-  @abc.abstractmethod
   def eval_split(self) -> str:
-    """The name of the split evaluated on (for the console)."""
+    """The name of the split evaluated on, for the console (`pipeline.eval_split`)."""
+    return self.pipeline.eval_split(self.config.data)
 
   @abc.abstractmethod
   def header_lines(self, model, info: Any) -> List[str]:

@@ -90,6 +90,7 @@ class Classification(base.Task):
   name = 'classification'
   report = base.ReportNames('top1', 'top1', 'top1', 'top1')
   train_metrics = TrainMetrics
+  pipeline = input_pipeline
 
   def __init__(self, config=None, label_smoothing: Optional[float] = None):
     super().__init__(config)
@@ -120,12 +121,6 @@ class Classification(base.Task):
 
   def init_image_size(self) -> Tuple[int, int]:
     return (self.config.data.image_size,) * 2
-
-  def train_iterator(self, **kwargs):
-    return input_pipeline.train_iterator(self.config.data, **kwargs)
-
-  def eval_iterator(self, **kwargs):
-    return input_pipeline.eval_iterator(self.config.data, **kwargs)
 
   def eval_split(self) -> str:
     return self.config.data.eval_split

@@ -92,6 +92,7 @@ class Detection(base.Task):
   report = base.ReportNames('bbox_regression', 'box loss', 'AP', 'AP', train_percent=False)
   train_metrics = TrainMetrics
   init_from_scope = 'backbone'
+  pipeline = data
 
   @functools.cached_property
   def num_classes(self) -> int:
@@ -116,15 +117,6 @@ class Detection(base.Task):
 
   def init_image_size(self) -> Tuple[int, int]:
     return self.input_size
-
-  def train_iterator(self, **kwargs):
-    return data.train_iterator(self.config.data, **kwargs)
-
-  def eval_iterator(self, **kwargs):
-    return data.eval_iterator(self.config.data, **kwargs)
-
-  def eval_split(self) -> str:
-    return data.eval_split(self.config.data)
 
   def header_lines(self, model, info) -> List[str]:
     counts = summary.summarize(model, self.input_size)

@@ -97,6 +97,7 @@ class Segmentation(base.Task):
   report = base.ReportNames('pixel_accuracy', 'pixel acc', 'miou', 'mIoU')
   train_metrics = TrainMetrics
   init_from_scope = 'backbone'
+  pipeline = data
 
   @functools.cached_property
   def num_classes(self) -> int:
@@ -125,15 +126,6 @@ class Segmentation(base.Task):
 
   def init_image_size(self) -> Tuple[int, int]:
     return (self.config.data.crop_size,) * 2
-
-  def train_iterator(self, **kwargs):
-    return data.train_iterator(self.config.data, **kwargs)
-
-  def eval_iterator(self, **kwargs):
-    return data.eval_iterator(self.config.data, **kwargs)
-
-  def eval_split(self) -> str:
-    return data.eval_split(self.config.data)
 
   def header_lines(self, model, info) -> List[str]:
     size = self.config.data.crop_size

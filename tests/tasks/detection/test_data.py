@@ -259,3 +259,22 @@ def test_unprepared_datasets_and_bad_fields_are_named(tmp_path):
   with pytest.raises(ValueError, match=r'global_batch_size=5 must be a positive multiple'):
     data.train_iterator(config(), global_batch_size=5, seed=0, start_step=0, process_index=0,
                         process_count=2)
+
+
+def test_the_coco_config_trains_torchvisions_ssdlite_on_tfds_labels(coco_dir, tmp_path):
+  """configs/detection.py:dataset=coco/2017 over the on-disk stand-in passes preflight and builds
+  torchvision's ssdlite320_mobilenet_v3_large with 81 classes: 3,301,460 params (its COCO weights
+  import into it with classes='coco_contiguous')."""
+  from configs import detection  # pylint: disable=g-import-not-at-top
+  from mnv3_jax.model import summary  # pylint: disable=g-import-not-at-top
+  from mnv3_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+  from mnv3_jax.train import preflight  # pylint: disable=g-import-not-at-top
+  config = detection.get_config('dataset=coco/2017')
+  config.data.data_dir = coco_dir
+  checked = preflight.check_config(config, str(tmp_path / 'run'), sharding.make_mesh())
+  assert (checked.info.num_classes, checked.info.num_train_examples) == (81, 24)
+  model = checked.task.build_model(checked.info)
+  assert summary.summarize(model, (320, 320))['params'] == 3_301_460
+  line, = checked.task.header_lines(model, checked.info)
+  assert line.startswith("SSDLite MobileNetV3-Large 1.0 (reduced tail 'torchvision'")
+  assert '80 classes + background, 3234 default boxes' in line

@@ -7,8 +7,8 @@ from configs import det_demo
 from mnv3_jax.parallel import sharding
 from mnv3_jax.train import evaluation
 from tests.parallel.test_multihost import logs, running_pod
-from tests.support import main_flags
-from tests.tasks.detection.test_train import restore, setup, tiny
+from tests import support
+from tests.tasks.detection.test_train import tiny
 
 NUM_STEPS = 3
 
@@ -17,7 +17,7 @@ def test_pod_ap_is_the_ap_of_every_eval_image_of_both_hosts(det_shapes_dir, tmp_
   # 37 eval images: shards of 19 and 18, padded to 3 batches of 8 per process.
   config = tiny(det_shapes_dir, num_train_steps=NUM_STEPS, **{'data.eval_split': 'test[:37]'})
   workdir, log_dir = tmp_path / 'pod', tmp_path / 'logs'
-  with running_pod(config, workdir, log_dir, flags=main_flags(config, det_demo)) as pod:
+  with running_pod(config, workdir, log_dir, flags=support.main_flags(config, det_demo)) as pod:
     out, _ = pod.communicate(timeout=900)
   assert pod.returncode == 0, f'{out}\n{logs(log_dir)}'
   found = re.search(r'eval step 3/3  AP ([\d.]+)%  EMA AP ([\d.]+)%.*  (\d+) images',
@@ -25,9 +25,9 @@ def test_pod_ap_is_the_ap_of_every_eval_image_of_both_hosts(det_shapes_dir, tmp_
   assert found, logs(log_dir)
   assert 'eval step' not in (log_dir / 'worker_1.log').read_text()
 
-  state = restore(config, workdir)
+  state = support.restore_task_state(config, workdir)
   mesh = sharding.make_mesh()
-  task, _, (_, _, eval_fn) = setup(config, mesh)
+  task, _, (_, _, eval_fn) = support.task_steps(config, mesh)
   one = evaluation.evaluate_state(eval_fn, None, task, state, config, mesh)
   assert one['eval_count'] == one['ema_count'] == 37
   assert one['ema_AP50'] > 0      # some true positives: the comparison can fail

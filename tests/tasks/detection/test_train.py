@@ -12,8 +12,9 @@ from mnv3_jax.interop import pretrained
 from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
-from mnv3_jax.tasks.detection import coco_eval, data, train_step
-from mnv3_jax.train import checkpointing, init_from, preflight, steps, trainer
+from mnv3_jax.tasks.detection import coco_eval, data
+from mnv3_jax.train import init_from, preflight, trainer
+from tests import support
 from tests.tasks.detection.test_train_step import random_batch
 
 
@@ -30,22 +31,7 @@ def tiny(data_dir, **overrides):
   c.log_every_steps = 2
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 3
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
-def setup(config, mesh):
-  task = registry.get(config)
-  info = task.check_config()
-  model = task.build_model(info)
-  steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
-  schedule, tx = trainer.build_optimizer(config, steps_per_epoch)
-  return task, model, steps.jit_steps(model, tx, schedule, config, mesh, task=task)
+  return support.set_fields(c, overrides)
 
 
 def test_per_device_loss_averages_to_the_global_batch_loss(det_shapes_dir):
@@ -71,76 +57,46 @@ def _train_batch(config):
 
 def test_two_steps_on_8_devices_equal_1_device(det_shapes_dir):
   config = tiny(det_shapes_dir)
-  batch = _train_batch(config)
-  results = []
-  for devices in (jax.devices()[:8], jax.devices()[:1]):
-    mesh = sharding.make_mesh(devices)
-    _, _, (init_fn, train_fn, _) = setup(config, mesh)
-    state = init_fn(jax.random.key(0))
-    for _ in range(2):
-      state, metrics = train_fn(state, sharding.to_global(batch, mesh))
-    results.append((jax.device_get(state), metrics.compute()))
-  (s8, m8), (s1, m1) = results
-  deltas = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s8.params, s1.params)
-  assert max(jax.tree.leaves(deltas)) <= 1e-5
-  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
-  init = jax.device_get(init_fn(jax.random.key(0)))
-  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s1.params, init.params))
-  assert max(moved) > 1e-4     # the steps changed the weights: equality is not vacuous
-
-
-def restore(config, workdir):
-  mesh = sharding.make_mesh()
-  _, _, (init_fn, _, _) = setup(config, mesh)
-  ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
-  try:
-    state, step = ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
-  finally:
-    ckpt.close()
-  assert step == config.num_train_steps
-  return jax.device_get(state)
+  support.assert_8_devices_equal_1_device(config, _train_batch(config))
 
 
 def test_resume_is_bit_identical(det_shapes_dir, tmp_path):
-  straight = tiny(det_shapes_dir, num_train_steps=6, **{'data.eval_split': 'test[:8]'})
-  trainer.train_and_evaluate(straight, str(tmp_path / 'straight'))
-  first = tiny(det_shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:8]'})
-  trainer.train_and_evaluate(first, str(tmp_path / 'resumed'))
-  trainer.train_and_evaluate(straight, str(tmp_path / 'resumed'))
-  a, b = (restore(straight, tmp_path / name) for name in ('straight', 'resumed'))
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  support.assert_resume_is_bit_identical(lambda steps: tiny(
+      det_shapes_dir, num_train_steps=steps, **{'data.eval_split': 'test[:8]'}), tmp_path)
 
 
-def test_eval_ap_equals_cocoeval_of_the_same_weights_and_writes_the_picture(det_shapes_dir,
-                                                                          tmp_path):
+def test_eval_ap_equals_cocoeval_of_the_eval_steps_detections_and_writes_the_picture(
+    det_shapes_dir, tmp_path):
+  """The AP the trainer reports is COCOeval's of the detections its eval step makes (config.ssd's
+  post-processing), scaled to original pixels by the test. The detections are compared from the
+  same compiled step: an untrained detector's AP (~0.1%) moves with float rounding of near-tied
+  scores between two compilations."""
   # 37 eval images: the last of 3 batches of 16 is padded (ignored) on 8 devices.
-  config = tiny(det_shapes_dir, num_train_steps=4, **{'data.eval_split': 'test[:37]'})
+  config = tiny(det_shapes_dir, num_train_steps=4, **{
+      'data.eval_split': 'test[:37]', 'ssd.max_detections': 50, 'ssd.score_threshold': 0.01})
   workdir = tmp_path / 'run'
   result = trainer.train_and_evaluate(config, str(workdir))
   assert result['ema_count'] == result['eval_count'] == 37
-  state = restore(config, workdir)
-  task = registry.get(config)
-  model = task.build_model(task.check_config())
-  s = config.ssd
-  detect = jax.jit(lambda v, x: train_step.detect(
-      model.apply(v, x, train=False), x.shape[1:3], max_detections=s.max_detections,
-      score_threshold=s.score_threshold, iou_threshold=s.nms_iou,
-      candidates_per_class=s.candidates_per_class))
+  state = support.restore_task_state(config, workdir)
+  mesh = sharding.make_mesh()
+  _, _, (_, _, eval_fn) = support.task_steps(config, mesh)
   found, truth = [], []
   for batch in data.eval_iterator(config.data, global_batch_size=16, process_index=0,
                                   process_count=1):
     keep = batch['mask'] > 0
-    found.append([np.asarray(d)[keep] for d in detect(state.variables(ema=True), batch['image'])])
-    scale = batch['image_size'][keep][:, ::-1] / 64.0                   # to original pixels
-    truth.append([batch['boxes'][keep] * np.tile(scale, 2)[:, None], batch['labels'][keep],
-                  batch['valid'][keep], batch['crowd'][keep]])
-    found[-1][0] = found[-1][0] * np.tile(scale, 2)[:, None]
+    outputs = eval_fn(state.variables(ema=True), sharding.to_global(batch, mesh))
+    boxes, scores, labels, valid = (np.asarray(d)[keep] for d in outputs['detections'])
+    assert boxes.shape[1] == 50 and (scores[valid] > 0.01).all()     # config.ssd's
+    scale = np.tile(batch['image_size'][keep][:, ::-1] / 64.0, 2)[:, None]   # to original pixels
+    found.append([boxes * scale, scores, labels, valid])
+    truth.append([batch['boxes'][keep] * scale, batch['labels'][keep], batch['valid'][keep],
+                  batch['crowd'][keep]])
   found, truth = ([np.concatenate(x) for x in zip(*parts)] for parts in (found, truth))
   assert len(truth[0]) == 37
   want = coco_eval.coco_map(*found, *truth)
-  assert want['AP50'] > 0        # the 4 steps give some true positive: the comparison can fail
+  assert want['AR100'] > 0       # the 4 steps give some true positive: the comparison can fail
   for key in coco_eval.STATS:
-    np.testing.assert_allclose(result[f'ema_{key}'], want[key], rtol=1e-9, err_msg=key)
+    np.testing.assert_allclose(result[f'ema_{key}'], want[key], rtol=1e-12, err_msg=key)
   assert result['eval_AP'] != result['ema_AP']     # two sets of weights were evaluated
   assert (workdir / 'predictions.png').stat().st_size > 1000
   assert (workdir / 'best').is_dir() and len(list((workdir / 'best').iterdir())) == 1
@@ -155,7 +111,7 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_rest_fresh(det
   pretrained.save(tmp_path / 'weights', weights, classifier)
   config.init_from = str(tmp_path / 'weights')
   mesh = sharding.make_mesh()
-  task, model, (init_fn, _, _) = setup(config, mesh)
+  task, model, (init_fn, _, _) = support.task_steps(config, mesh)
   loaded = init_from.read(config, task, model)
   fresh = init_fn(jax.random.key(0))
   state = jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh)))

@@ -13,7 +13,8 @@ from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
 from mnv3_jax.tasks.segmentation import data, data_sources, metrics
-from mnv3_jax.train import checkpointing, init_from, preflight, steps, trainer
+from mnv3_jax.train import init_from, preflight, trainer
+from tests import support
 
 
 def tiny(data_dir, **overrides):
@@ -29,22 +30,7 @@ def tiny(data_dir, **overrides):
   c.log_every_steps = 2
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 3
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
-def _setup(config, mesh):
-  task = registry.get(config)
-  info = task.check_config()
-  model = task.build_model(info)
-  steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
-  schedule, tx = trainer.build_optimizer(config, steps_per_epoch)
-  return task, model, steps.jit_steps(model, tx, schedule, config, mesh, task=task)
+  return support.set_fields(c, overrides)
 
 
 def _batch(n=16, size=32, classes=4, seed=0):
@@ -77,46 +63,13 @@ def test_loss_is_the_mean_over_scored_pixels_of_the_global_batch(seg_shapes_dir)
   np.testing.assert_allclose(got_values['pixel_accuracy'], values['pixel_accuracy'], rtol=1e-5)
 
 
-def test_one_step_on_8_devices_equals_1_device(seg_shapes_dir):
-  config = tiny(seg_shapes_dir)
-  batch = _batch()
-  results = []
-  for devices in (jax.devices()[:8], jax.devices()[:1]):
-    mesh = sharding.make_mesh(devices)
-    _, _, (init_fn, train_fn, _) = _setup(config, mesh)
-    state = init_fn(jax.random.key(0))
-    for _ in range(2):
-      state, metrics = train_fn(state, sharding.to_global(batch, mesh))
-    results.append((jax.device_get(state), metrics.compute()))
-  (s8, m8), (s1, m1) = results
-  deltas = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s8.params, s1.params))
-  assert max(deltas) <= 1e-5
-  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
-  init = jax.device_get(init_fn(jax.random.key(0)))
-  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), s1.params, init.params))
-  assert max(moved) > 1e-4     # the steps changed the weights: equality is not vacuous
-
-
-def _restore(config, workdir):
-  mesh = sharding.make_mesh()
-  _, _, (init_fn, _, _) = _setup(config, mesh)
-  ckpt = checkpointing.Checkpointer(str(workdir), save_every_steps=1)
-  try:
-    state, step = ckpt.restore(trainer.abstract_train_state(init_fn, mesh))
-  finally:
-    ckpt.close()
-  assert step == config.num_train_steps
-  return jax.device_get(state)
+def test_two_steps_on_8_devices_equal_1_device(seg_shapes_dir):
+  support.assert_8_devices_equal_1_device(tiny(seg_shapes_dir), _batch())
 
 
 def test_resume_is_bit_identical(seg_shapes_dir, tmp_path):
-  straight = tiny(seg_shapes_dir, num_train_steps=6, **{'data.eval_split': 'test[:8]'})
-  trainer.train_and_evaluate(straight, str(tmp_path / 'straight'))
-  first = tiny(seg_shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:8]'})
-  trainer.train_and_evaluate(first, str(tmp_path / 'resumed'))
-  trainer.train_and_evaluate(straight, str(tmp_path / 'resumed'))
-  a, b = (_restore(straight, tmp_path / name) for name in ('straight', 'resumed'))
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  support.assert_resume_is_bit_identical(lambda steps: tiny(
+      seg_shapes_dir, num_train_steps=steps, **{'data.eval_split': 'test[:8]'}), tmp_path)
 
 
 def _numpy_miou(labels, predictions, classes, ignore):
@@ -134,7 +87,7 @@ def test_eval_miou_equals_a_numpy_confusion_matrix_of_the_same_weights(seg_shape
   workdir = tmp_path / 'run'
   result = trainer.train_and_evaluate(config, str(workdir))
   assert result['ema_count'] == result['eval_count'] == 37
-  state = _restore(config, workdir)
+  state = support.restore_task_state(config, workdir)
   task = registry.get(config)
   model = task.build_model(task.check_config())
   labels, predictions = [], []
@@ -163,7 +116,7 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(seg
   pretrained.save(tmp_path / 'weights', weights, classifier)
   config.init_from = str(tmp_path / 'weights')
   mesh = sharding.make_mesh()
-  task, model, (init_fn, _, _) = _setup(config, mesh)
+  task, model, (init_fn, _, _) = support.task_steps(config, mesh)
   loaded = init_from.read(config, task, model)
   fresh = init_fn(jax.random.key(0))
   state = jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh)))
