@@ -6,17 +6,26 @@
 - training runs: `tiny_config`, `set_fields`, `steps_per_epoch`, `random_batch`, `restore_state`,
   `restore_params`, and `main_flags` (a config as main.py's command line);
 - any task's runs (segmentation, detection): `task_steps`, `restore_task_state`,
-  `assert_8_devices_equal_1_device`, `assert_resume_is_bit_identical`.
+  `assert_8_devices_equal_1_device`, `assert_resume_is_bit_identical`, `assert_preflight_names`,
+  `classifier_weights` and `init_from_state`.
 """
+import pathlib
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import demo
 from mnv3_jax.data import input_pipeline
-from mnv3_jax.model import blocks
+from mnv3_jax.interop import pretrained
+from mnv3_jax.model import MobileNetV3, blocks
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
 from mnv3_jax.train import checkpointing
+from mnv3_jax.train import init_from
+from mnv3_jax.train import preflight
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 
@@ -199,3 +208,30 @@ def assert_resume_is_bit_identical(make_config, tmp_path):
   trainer.train_and_evaluate(make_config(6), str(tmp_path / 'resumed'))
   a, b = (restore_task_state(make_config(6), tmp_path / name) for name in ('straight', 'resumed'))
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_preflight_names(config, overrides: dict, message: str, workdir) -> None:
+  """`config` with `overrides` (`set_fields`) is refused by preflight with a ValueError containing
+  `message`, before `workdir` exists."""
+  set_fields(config, overrides)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    preflight.check_config(config, str(workdir), sharding.make_mesh())
+  assert not pathlib.Path(workdir).exists()
+
+
+def classifier_weights(path, variant: str = 'small', width: float = 0.35):
+  """A classifier's random variables (10 classes), saved as a variables checkpoint at `path`."""
+  classifier = MobileNetV3(variant=variant, width=width, num_classes=10, depthwise_impl='conv')
+  weights = jax.device_get(classifier.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3))))
+  pretrained.save(path, weights, classifier)
+  return weights
+
+
+def init_from_state(config):
+  """(host train state of `config` started from config.init_from, the fresh one it replaced)."""
+  mesh = sharding.make_mesh()
+  task, model, (init_fn, _, _) = task_steps(config, mesh)
+  loaded = init_from.read(config, task, model)
+  fresh = init_fn(jax.random.key(0))
+  fresh_host = jax.device_get(fresh)
+  return jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh))), fresh_host

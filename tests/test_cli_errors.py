@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs import demo
+from configs import demo, det_demo
 from mnv3_jax import cli_errors
 from mnv3_jax.data import input_pipeline
 from mnv3_jax.train import checkpointing
@@ -22,8 +22,10 @@ MAIN = [sys.executable, 'main.py', '--config=configs/demo.py', '--workdir={W}',
         '--config.data.data_dir={D}']
 IMPORT = [sys.executable, '-m', 'mnv3_jax.interop.import_weights', '--variant=small']
 SUMMARY = [sys.executable, '-m', 'mnv3_jax.model.summary']
+EXPORT = [sys.executable, '-m', 'mnv3_jax.export']
 # (name, command, texts stderr must name, workdir: 'run' (a workdir with config.json at
-# batch_size 64 and a checkpoint), 'fresh' (must not be created), 'file' (a file) or None).
+# batch_size 64 and a checkpoint), 'detection run' (the same of configs/det_demo.py), 'fresh' (must
+# not be created), 'file' (a file) or None).
 # {W}: the workdir, {D}: the digits' TFDS folder, {F}: a file, {PTH}: a truncated .pth, {H5}: a
 # file that is not HDF5.
 CASES = [
@@ -75,6 +77,8 @@ CASES = [
     ('summary width', [*SUMMARY, '--width', '-1'], ['-1.0', '> 0'], None),
     ('summary resolution', [*SUMMARY, '--resolution', '31x224'], ['31x224', '>= 32'], None),
     ('summary variant', [*SUMMARY, '--variant', 'tiny'], ["'tiny'", 'small'], None),
+    ('export a detection run', [*EXPORT, '--workdir={W}', '--out={W}.export'],
+     ['{W}', "'detection' run", "'classification'"], 'detection run'),
 ]
 
 
@@ -89,9 +93,10 @@ def snapshot(path):
           for d, dirs, files in os.walk(path) for n in dirs + files}
 
 
-def _run_workdir(path):
-  """A training workdir of configs/demo.py (batch_size 64) with a checkpoint at step 3."""
-  checkpointing.save_config(str(path), demo.demo_config())
+def _run_workdir(path, config_module=demo):
+  """A training workdir of configs/demo.py (batch_size 64; or `config_module`'s demo config) with
+  a checkpoint at step 3."""
+  checkpointing.save_config(str(path), config_module.demo_config())
   ckpt = checkpointing.Checkpointer(str(path), save_every_steps=1)
   ckpt.save(3, {'w': np.zeros(4, np.float32)}, force=True)
   ckpt.wait_until_finished()
@@ -107,8 +112,9 @@ def _run(command, env=None):
 def results(tmp_path_factory):
   """{case name: (completed process, workdir snapshot before, after, names)}, run 2 at a time."""
   root = tmp_path_factory.mktemp('cli')
-  template = root / 'template'
+  template, detection_template = root / 'template', root / 'detection_template'
   _run_workdir(template)
+  _run_workdir(detection_template, det_demo)
   data = demo.demo_config().data
   data.data_dir = str(root / 'tfds')
   input_pipeline.get_dataset_info(data)    # builds the digits there once, not in each process
@@ -121,8 +127,8 @@ def results(tmp_path_factory):
   jobs = {}
   for i, (name, command, _, kind) in enumerate(CASES):
     workdir = root / f'case{i}'
-    if kind == 'run':
-      shutil.copytree(template, workdir)
+    if kind in ('run', 'detection run'):
+      shutil.copytree(template if kind == 'run' else detection_template, workdir)
     elif kind == 'file':
       workdir.write_text('a file\n')
     case_names = {**names, 'W': str(workdir)}

@@ -276,6 +276,10 @@ def main(argv):
     raise app.UsageError('Pass exactly one of --workdir and --checkpoint.')
   staging.check_out(FLAGS.out)
   source = FLAGS.workdir or FLAGS.checkpoint
+  task = pretrained.task_of(source)
+  if task != 'classification':
+    raise app.UsageError(f"{source} is a {task!r} run; the exporter writes classifiers (task "
+                         "'classification') only.")
   variables, options, data = pretrained.load(source, FLAGS.weights)
   if FLAGS.config is not None:
     data = FLAGS.config.data

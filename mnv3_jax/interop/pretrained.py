@@ -82,6 +82,16 @@ def _best_metric(step_dir: epath.Path) -> float:
     return float('-inf')
 
 
+def task_of(path) -> str:
+  """The task of the run `path` is a workdir of (or a step of): its config.json's 'task'
+  ('classification' for a run older than tasks, and for a variables checkpoint)."""
+  path = epath.Path(path)
+  for config in (path / _CONFIG_JSON, path.parent.parent / _CONFIG_JSON):
+    if config.is_file():
+      return json.loads(config.read_text()).get('task', 'classification')
+  return 'classification'
+
+
 def resolve(path) -> Tuple[str, epath.Path, Dict[str, Any]]:
   """What `path` is: ('variables' | 'train_state', the orbax item or step directory, the config).
 

@@ -2,18 +2,16 @@
 = 1 device, bit-identical resume, the eval AP against COCOeval of the same weights and data, the
 picture, init_from a classifier, preflight names."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import det_demo, detection
 from mnv3_jax.interop import pretrained
-from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
 from mnv3_jax.tasks.detection import coco_eval, data
-from mnv3_jax.train import init_from, preflight, trainer
+from mnv3_jax.train import preflight, trainer
 from tests import support
 from tests.tasks.detection.test_train_step import random_batch
 
@@ -105,23 +103,16 @@ def test_eval_ap_equals_cocoeval_of_the_eval_steps_detections_and_writes_the_pic
 
 def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_rest_fresh(det_shapes_dir,
                                                                             tmp_path):
-  config = tiny(det_shapes_dir)
-  classifier = MobileNetV3(variant='small', width=0.35, num_classes=10, depthwise_impl='conv')
-  weights = jax.device_get(classifier.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3))))
-  pretrained.save(tmp_path / 'weights', weights, classifier)
-  config.init_from = str(tmp_path / 'weights')
-  mesh = sharding.make_mesh()
-  task, model, (init_fn, _, _) = support.task_steps(config, mesh)
-  loaded = init_from.read(config, task, model)
-  fresh = init_fn(jax.random.key(0))
-  state = jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh)))
+  config = tiny(det_shapes_dir, init_from=str(tmp_path / 'weights'))
+  weights = support.classifier_weights(tmp_path / 'weights')
+  state, fresh = support.init_from_state(config)
   np.testing.assert_array_equal(state.params['backbone']['stem']['conv']['kernel'],
                                 weights['params']['stem']['conv']['kernel'])
   np.testing.assert_array_equal(state.ema_params['backbone']['head_conv']['conv']['kernel'],
                                 weights['params']['head_conv']['conv']['kernel'])
   for part in ('head', 'extra_0_expand'):
     jax.tree.map(np.testing.assert_array_equal, state.params[part],
-                 jax.device_get(fresh.params[part]))
+                 fresh.params[part])
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -137,15 +128,7 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_rest_fresh(det
 ])
 def test_a_bad_detection_field_is_named_before_the_workdir_exists(det_shapes_dir, tmp_path, field,
                                                                   value, message):
-  config = tiny(det_shapes_dir)
-  *parents, leaf = field.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    preflight.check_config(config, str(tmp_path / 'run'), sharding.make_mesh())
-  assert not (tmp_path / 'run').exists()
+  support.assert_preflight_names(tiny(det_shapes_dir), {field: value}, message, tmp_path / 'run')
 
 
 def test_the_demo_config_passes_preflight_and_names_its_model(det_shapes_dir, tmp_path):

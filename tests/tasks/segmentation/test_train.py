@@ -8,12 +8,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import seg_demo, segmentation
-from mnv3_jax.interop import pretrained
-from mnv3_jax.model import MobileNetV3
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import registry
 from mnv3_jax.tasks.segmentation import data, data_sources, metrics
-from mnv3_jax.train import init_from, preflight, trainer
+from mnv3_jax.train import preflight, trainer
 from tests import support
 
 
@@ -110,16 +108,9 @@ def test_eval_miou_equals_a_numpy_confusion_matrix_of_the_same_weights(seg_shape
 
 def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(seg_shapes_dir,
                                                                             tmp_path):
-  config = tiny(seg_shapes_dir)
-  classifier = MobileNetV3(variant='small', width=0.35, num_classes=10, depthwise_impl='conv')
-  weights = jax.device_get(classifier.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3))))
-  pretrained.save(tmp_path / 'weights', weights, classifier)
-  config.init_from = str(tmp_path / 'weights')
-  mesh = sharding.make_mesh()
-  task, model, (init_fn, _, _) = support.task_steps(config, mesh)
-  loaded = init_from.read(config, task, model)
-  fresh = init_fn(jax.random.key(0))
-  state = jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh)))
+  config = tiny(seg_shapes_dir, init_from=str(tmp_path / 'weights'))
+  weights = support.classifier_weights(tmp_path / 'weights')
+  state, fresh = support.init_from_state(config)
   backbone, head = state.params['backbone'], state.params['head']
   np.testing.assert_array_equal(backbone['stem']['conv']['kernel'],
                                 weights['params']['stem']['conv']['kernel'])
@@ -127,11 +118,11 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(seg
                                 weights['params']['head_conv']['conv']['kernel'])
   np.testing.assert_array_equal(state.batch_stats['backbone']['block_3']['project']['bn']['mean'],
                                 weights['batch_stats']['block_3']['project']['bn']['mean'])
-  jax.tree.map(np.testing.assert_array_equal, head, jax.device_get(fresh.params['head']))
+  jax.tree.map(np.testing.assert_array_equal, head, fresh.params['head'])
   # A backbone with other compute options is refused, naming the option.
   config.model.activation = 'relu'
   with pytest.raises(ValueError, match="model.activation: weights 'hard_swish', config 'relu'"):
-    init_from.read(config, task, model)
+    support.init_from_state(config)
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -147,15 +138,7 @@ def test_init_from_a_classifier_loads_the_backbone_and_leaves_the_head_fresh(seg
 ])
 def test_a_bad_segmentation_field_is_named_before_the_workdir_exists(seg_shapes_dir, tmp_path, field,
                                                                      value, message):
-  config = tiny(seg_shapes_dir)
-  *parents, leaf = field.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    preflight.check_config(config, str(tmp_path / 'run'), sharding.make_mesh())
-  assert not (tmp_path / 'run').exists()
+  support.assert_preflight_names(tiny(seg_shapes_dir), {field: value}, message, tmp_path / 'run')
 
 
 def test_the_demo_config_passes_preflight_and_names_its_model(seg_shapes_dir, tmp_path):
