@@ -32,17 +32,21 @@ ARG_KEYS = {
 }
 
 
-def options_config(options: dict) -> ml_collections.ConfigDict:
-  """`options` (a dict of `mnv3_jax.defaults`) as a ConfigDict; None (unset): a str placeholder."""
+def options_config(options: dict, types: dict | None = None) -> ml_collections.ConfigDict:
+  """`options` (a dict of `mnv3_jax.defaults`) as a ConfigDict; None (unset): a placeholder of the
+  field's type in `types` (str if not there)."""
+  types = types or {}
   return ml_collections.ConfigDict({
-      k: config_dict.placeholder(str) if v is None else v for k, v in options.items()})
+      k: config_dict.placeholder(types.get(k, str)) if v is None else v
+      for k, v in options.items()})
 
 
 def base_config() -> ml_collections.ConfigDict:
   """All fields with the official recipe's values."""
   c = ml_collections.ConfigDict()
-  # 'classification' (this recipe) or 'segmentation' (configs/segmentation.py: LR-ASPP, its own
-  # model/head/data fields); mnv3_jax/tasks/registry.py.
+  # 'classification' (this recipe), 'segmentation' (configs/segmentation.py: LR-ASPP) or
+  # 'detection' (configs/detection.py: SSDLite), each with its own model/head/data fields;
+  # mnv3_jax/tasks/registry.py.
   c.task = 'classification'
   c.seed = 0
   c.model = options_config(defaults.MODEL)
@@ -82,24 +86,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def parse_arg(arg: str | None) -> dict:
-  """Parses 'k=v,k=v' (and bare words, which become k=True) into a dict; validates keys."""
+def parse_arg(arg: str | None, keys: dict = ARG_KEYS, words: tuple = ('demo',)) -> dict:
+  """Parses 'k=v,k=v' (and bare words, which become k=True) into a dict of strings; validates
+  the keys: those of `keys` (key -> (field path, type)) and the flag words `words`."""
   out = {}
   for item in filter(None, (arg or '').split(',')):
     key, _, value = item.partition('=')
-    if key not in ARG_KEYS and key != 'demo':
+    if key not in keys and key not in words:
       raise ValueError(f'Unknown config-string key {key!r} in {arg!r}; allowed: '
-                       f'{sorted([*ARG_KEYS, "demo"])}.')
+                       f'{sorted([*keys, *words])}.')
     out[key] = value if value else 'true'
   return out
 
 
-def apply_args(config: ml_collections.ConfigDict, args: dict) -> ml_collections.ConfigDict:
-  """Sets the config fields named by the parsed config-string `args` (without 'demo')."""
+def apply_args(config: ml_collections.ConfigDict, args: dict,
+               keys: dict = ARG_KEYS) -> ml_collections.ConfigDict:
+  """Sets the config fields that the parsed config-string `args` name (`keys`: key -> (field
+  path, type); flag words such as 'demo' are skipped)."""
   for key, value in args.items():
-    if key == 'demo':
+    if key not in keys:
       continue
-    path, cast = ARG_KEYS[key]
+    path, cast = keys[key]
     try:
       typed = cast(value)
     except (KeyError, ValueError) as e:

@@ -7,7 +7,7 @@ no download), through the same trainer, checkpoints and console as every run.
 At the end it writes workdir/predictions.png (each eval image with its ground truth, and with the
 EMA weights' detections). The README's "Detection" section has the measured result.
 """
-from configs import detection, segmentation
+from configs import default, detection
 
 
 def demo_config():
@@ -32,5 +32,5 @@ def demo_config():
 
 
 def get_config(arg: str | None = None):
-  return segmentation.apply_args(demo_config(), segmentation.parse_arg(arg, detection.ARG_KEYS),
-                                 detection.ARG_PATHS)
+  return default.apply_args(demo_config(), default.parse_arg(arg, detection.ARG_KEYS, words=()),
+                            detection.ARG_KEYS)

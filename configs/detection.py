@@ -42,11 +42,13 @@ DATASETS = {
     'voc/2012': dict(image_size=320, num_epochs=300.0),
     'det_shapes': dict(image_size=128, num_epochs=30.0),
 }
-ARG_KEYS = {'dataset': str, 'variant': str, 'width': float, 'res': int, 'tail': str,
-            'batch': int, 'epochs': float, 'seed': int}
-ARG_PATHS = {'variant': 'model.variant', 'width': 'model.width', 'res': 'data.image_size',
-             'tail': 'model.reduced_tail', 'batch': 'batch_size', 'epochs': 'num_epochs',
-             'seed': 'seed'}
+ARG_KEYS = {
+    'dataset': ('data.dataset', str), 'variant': ('model.variant', str),
+    'width': ('model.width', float), 'res': ('data.image_size', int),
+    'tail': ('model.reduced_tail', str), 'batch': ('batch_size', int),
+    'epochs': ('num_epochs', float), 'seed': ('seed', int),
+}
+DATA_TYPES = {'data_dir': str, 'eval_split': str, 'max_boxes': int}
 
 
 def detection_config(dataset: str = 'det_shapes') -> ml_collections.ConfigDict:
@@ -63,8 +65,7 @@ def detection_config(dataset: str = 'det_shapes') -> ml_collections.ConfigDict:
   c.ssd = ml_collections.ConfigDict(dict(
       match_iou=0.5, negatives_per_positive=3.0, score_threshold=0.001, nms_iou=0.55,
       candidates_per_class=300, max_detections=100))
-  c.data = segmentation.placeheld(defaults.DETECTION_DATA,
-                                  {'data_dir': str, 'eval_split': str, 'max_boxes': int})
+  c.data = default.options_config(defaults.DETECTION_DATA, DATA_TYPES)
   c.data.dataset = dataset
   c.data.image_size = preset['image_size']
   c.batch_size = 256
@@ -81,6 +82,5 @@ def detection_config(dataset: str = 'det_shapes') -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = segmentation.parse_arg(arg, ARG_KEYS)
-  return segmentation.apply_args(detection_config(args.get('dataset', 'det_shapes')), args,
-                                 ARG_PATHS)
+  args = default.parse_arg(arg, ARG_KEYS, words=())
+  return default.apply_args(detection_config(args.get('dataset', 'det_shapes')), args, ARG_KEYS)

@@ -7,7 +7,7 @@ trainer, checkpoints and console as every run.
 At the end it writes workdir/predictions.png (image | ground truth | prediction of the EMA
 weights on the first eval images). The README's "Segmentation" section has the measured result.
 """
-from configs import segmentation
+from configs import default, segmentation
 
 
 def demo_config():
@@ -32,4 +32,6 @@ def demo_config():
 
 
 def get_config(arg: str | None = None):
-  return segmentation.apply_args(demo_config(), segmentation.parse_arg(arg))
+  return default.apply_args(demo_config(),
+                            default.parse_arg(arg, segmentation.ARG_KEYS, words=()),
+                            segmentation.ARG_KEYS)

@@ -31,7 +31,6 @@ Anchors (not measured here: no accelerator run exists yet):
 This module imports only ml_collections and `mnv3_jax.defaults` (tests/test_configs.py).
 """
 import ml_collections
-from ml_collections import config_dict
 
 from configs import default
 from mnv3_jax import defaults
@@ -48,18 +47,11 @@ DATASETS = {
     'seg_shapes': dict(crop_size=64, eval_size=None, num_epochs=30.0, **_TORCHVISION),
 }
 ARG_KEYS = {
-    'dataset': str, 'variant': str, 'width': float, 'crop': int, 'batch': int, 'epochs': float,
-    'classes': int, 'seed': int,
+    'dataset': ('data.dataset', str), 'variant': ('model.variant', str),
+    'width': ('model.width', float), 'crop': ('data.crop_size', int), 'batch': ('batch_size', int),
+    'epochs': ('num_epochs', float), 'classes': ('data.num_classes', int), 'seed': ('seed', int),
 }
-ARG_PATHS = {'variant': 'model.variant', 'width': 'model.width', 'crop': 'data.crop_size',
-             'batch': 'batch_size', 'epochs': 'num_epochs', 'classes': 'data.num_classes',
-             'seed': 'seed'}
-
-
-def placeheld(options: dict, types: dict) -> ml_collections.ConfigDict:
-  """`options` as a ConfigDict; a None value becomes a placeholder of its type in `types`."""
-  return ml_collections.ConfigDict({k: config_dict.placeholder(types[k]) if v is None else v
-                                    for k, v in options.items()})
+DATA_TYPES = {'data_dir': str, 'eval_split': str, 'num_classes': int, 'eval_size': int}
 
 
 def backbone_config() -> ml_collections.ConfigDict:
@@ -81,8 +73,7 @@ def segmentation_config(dataset: str = 'seg_shapes') -> ml_collections.ConfigDic
   c.head = ml_collections.ConfigDict(dict(
       inter_channels=128, pooling=preset['pooling'], pool_size=(49, 49), pool_stride=(16, 20),
       low_tap='low', head_bn_epsilon=defaults.MODEL['bn_epsilon']))
-  c.data = placeheld(defaults.SEGMENTATION_DATA, {'data_dir': str, 'eval_split': str,
-                                                  'num_classes': int, 'eval_size': int})
+  c.data = default.options_config(defaults.SEGMENTATION_DATA, DATA_TYPES)
   c.data.dataset = dataset
   c.data.crop_size = preset['crop_size']
   c.data.eval_size = preset['eval_size']
@@ -99,35 +90,7 @@ def segmentation_config(dataset: str = 'seg_shapes') -> ml_collections.ConfigDic
   return c
 
 
-def parse_arg(arg: str | None, keys: dict = ARG_KEYS) -> dict:
-  """'k=v,k=v' -> {k: typed v}; keys of `keys` (key -> type)."""
-  out = {}
-  for item in filter(None, (arg or '').split(',')):
-    key, _, value = item.partition('=')
-    if key not in keys:
-      raise ValueError(f'Unknown config-string key {key!r} in {arg!r}; allowed: '
-                       f'{sorted(keys)}.')
-    try:
-      out[key] = keys[key](value)
-    except ValueError as e:
-      raise ValueError(f'Bad value {value!r} for config-string key {key!r}.') from e
-  return out
-
-
-def apply_args(c: ml_collections.ConfigDict, args: dict,
-               paths: dict = ARG_PATHS) -> ml_collections.ConfigDict:
-  """Sets the fields (`paths`: key -> dotted field) the parsed config-string `args` name (but
-  'dataset', which presets)."""
-  for key, value in args.items():
-    if key in paths:
-      *parents, leaf = paths[key].split('.')
-      node = c
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return c
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  return apply_args(segmentation_config(args.get('dataset', 'seg_shapes')), args)
+  args = default.parse_arg(arg, ARG_KEYS, words=())
+  return default.apply_args(segmentation_config(args.get('dataset', 'seg_shapes')), args,
+                            ARG_KEYS)

@@ -3,14 +3,22 @@
 - NUM_TRAIN, NUM_EVAL: the sizes of conftest's on-disk imagenet2012 stand-in;
 - numerics: `spatial_pads`, `assert_close` (of max|want|) and the bfloat16 bounds
   (`assert_rounded_once`, `assert_within_sum_bound`) of the kernel tests;
-- training runs: `tiny_config`, `set_fields`, `steps_per_epoch`, `random_batch`, `restore_state`,
-  `restore_params`, and `main_flags` (a config as main.py's command line);
+- training runs: `tiny_config`, `set_fields`, `split_arrays`, `steps_per_epoch`, `random_batch`,
+  `restore_state`, `restore_params`, and `main_flags` (a config as main.py's command line);
+- processes: `free_port`, `run_two_processes` (a 2-process JAX cluster of a worker module),
+  `running_pod` (launch/local.sh's 2 processes of main.py) and `pod_logs`;
 - any task's runs (segmentation, detection): `task_steps`, `restore_task_state`,
   `assert_8_devices_equal_1_device`, `assert_resume_is_bit_identical`, `assert_preflight_names`,
   `classifier_weights` and `init_from_state`.
 """
+import contextlib
+import os
 import pathlib
 import re
+import signal
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +114,18 @@ def set_fields(config, overrides: dict):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def split_arrays(data_config, split):
+  """(images, labels) of a whole classification split, unaugmented (the eval pipeline), padding
+  dropped."""
+  config = data_config.copy_and_resolve_references()
+  config.eval_split = split
+  batches = list(input_pipeline.eval_iterator(config, global_batch_size=100, process_index=0,
+                                              process_count=1))
+  real = np.concatenate([b['mask'] for b in batches]) > 0
+  return (np.concatenate([b['image'] for b in batches])[real],
+          np.concatenate([b['label'] for b in batches])[real])
 
 
 def steps_per_epoch(config):
@@ -235,3 +255,68 @@ def init_from_state(config):
   fresh = init_fn(jax.random.key(0))
   fresh_host = jax.device_get(fresh)
   return jax.device_get(init_from.apply(fresh, loaded, task, sharding.replicated(mesh))), fresh_host
+
+
+# ---------------------------------------------------------------------------- processes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+  """A TCP port of 127.0.0.1 free now (for a JAX coordinator)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(module: str, *args: str, timeout: int = 300) -> list:
+  """Runs `python -m module PORT PROCESS_INDEX *args` twice (processes 0 and 1, 4 CPU devices
+  each: one 8-device JAX cluster whose coordinator is PORT); asserts both exit 0 and that process 1
+  printed 'process 1 of 2 devices 4 8'. Returns their outputs."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if 'xla_force_host_platform_device_count' not in f]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=4']))
+  port = str(free_port())
+  procs = [subprocess.Popen([sys.executable, '-m', module, port, str(i), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], logs
+  assert 'process 1 of 2 devices 4 8' in logs[1], logs
+  return logs
+
+
+def pod_env() -> dict:
+  """This process's environment (with conftest.py's XLA flags and compilation cache) for main.py."""
+  return dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL='2')
+
+
+@contextlib.contextmanager
+def running_pod(config, workdir, log_dir, flags=None, **env):
+  """launch/local.sh: 2 processes x 4 devices of main.py; whatever of it still runs at the end
+  (the launcher and its workers: one process group) is killed. flags: main.py's config flags
+  (default: `main_flags(config)`, a classification run); env: extra environment."""
+  pod = subprocess.Popen(
+      ['bash', str(ROOT / 'launch' / 'local.sh'), '-n', '2', '-d', '4', '-l', str(log_dir), '--',
+       *(flags or main_flags(config)), f'--workdir={workdir}'],
+      cwd=ROOT, env={**pod_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True, start_new_session=True)
+  try:
+    yield pod
+  finally:
+    try:
+      os.killpg(pod.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    pod.wait()
+
+
+def pod_logs(log_dir) -> str:
+  """The last 4000 characters of each worker log of a pod run."""
+  return '\n'.join(f'===== {p.name}\n{p.read_text()[-4000:]}'
+                   for p in sorted(pathlib.Path(log_dir).glob('worker_*.log')))

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
+from clu import metrics as clu_metrics
 
 
 class ReportNames(NamedTuple):
@@ -36,12 +37,27 @@ as a percentage or (train_percent False) as it is; `eval_metric` one of the eval
   train_percent: bool = True
 
 
+def train_metrics(*averaged: str) -> type:
+  """The clu Collection of a task's train metrics: the mean of 'loss' and of each of `averaged`
+  (keys `Task.loss_and_metrics` returns) over the steps since the last log, and what every task's
+  step adds: learning_rate and param_norm (last values), grad_norm and update_norm (means)."""
+  return clu_metrics.Collection.create(
+      loss=clu_metrics.Average.from_output('loss'),
+      **{name: clu_metrics.Average.from_output(name) for name in averaged},
+      learning_rate=clu_metrics.LastValue.from_output('learning_rate'),
+      grad_norm=clu_metrics.Average.from_output('grad_norm'),
+      update_norm=clu_metrics.Average.from_output('update_norm'),
+      param_norm=clu_metrics.LastValue.from_output('param_norm'))
+
+
 class EvalAccumulator(abc.ABC):
   """Gathers the eval outputs of one set of weights over a pass of the eval split."""
 
   @abc.abstractmethod
-  def add(self, outputs: Any) -> None:
-    """Adds one batch's `Task.eval_outputs` (global arrays; may stay on device)."""
+  def add(self, outputs: Any, batch: dict) -> None:
+    """Adds one batch's `Task.eval_outputs` (global arrays; may stay on device); batch: the eval
+    batch they were computed from (global arrays, sharded over the mesh), for accumulators that
+    need its ground truth on the host (detection's COCO mAP)."""
 
   @abc.abstractmethod
   def result(self) -> Dict[str, float]:
@@ -55,7 +71,8 @@ class CollectionAccumulator(EvalAccumulator):
   def __init__(self, flatten):
     self._total, self._flatten = None, flatten
 
-  def add(self, outputs) -> None:
+  def add(self, outputs, batch) -> None:
+    del batch   # the Collection already holds what it needs
     self._total = outputs if self._total is None else self._total.merge(outputs)
 
   def result(self) -> Dict[str, float]:
@@ -69,8 +86,7 @@ class Task(abc.ABC):
   pipeline: types.ModuleType   # the task's input pipeline: its train_iterator, eval_iterator
   #                              (and eval_split) of config.data
   report: ReportNames
-  train_metrics: type          # a clu Collection of loss, learning_rate, grad_norm, update_norm,
-  #                              param_norm and the metrics `loss_and_metrics` returns
+  train_metrics: type          # `train_metrics(...)` of the metrics `loss_and_metrics` returns
   # init_from: None, the weights must fit the whole model; or a top-level params key (e.g.
   # 'backbone') under which the arrays whose names and shapes match a classifier's are loaded.
   init_from_scope: Optional[str] = None

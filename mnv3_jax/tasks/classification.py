@@ -56,15 +56,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output('loss')
-  top1: clu_metrics.Average.from_output('top1')
-  top5: clu_metrics.Average.from_output('top5')
-  learning_rate: clu_metrics.LastValue.from_output('learning_rate')
-  grad_norm: clu_metrics.Average.from_output('grad_norm')
-  update_norm: clu_metrics.Average.from_output('update_norm')
-  param_norm: clu_metrics.LastValue.from_output('param_norm')
+TrainMetrics = base.train_metrics('top1', 'top5')
 
 
 @flax.struct.dataclass

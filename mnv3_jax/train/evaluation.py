@@ -25,7 +25,7 @@ def evaluate_weights(eval_fn, weights: dict, task: base.Task, config, mesh) -> d
   for batch in sharding.prefetch_to_mesh(batches, mesh):
     for name, variables in weights.items():
       fn, variables = variables if isinstance(variables, tuple) else (eval_fn, variables)
-      totals[name].add(fn(variables, batch))
+      totals[name].add(fn(variables, batch), batch)
   return {name: total.result() for name, total in totals.items()}
 
 

@@ -66,11 +66,6 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
   cf.check_fields(config, COMMON_FIELDS)
 
 
-def check_model(options: dict):
-  """MobileNetV3(**options), its errors naming the field as config.model's (model.width, ...)."""
-  return classification.check_model(options)
-
-
 def _check_data_dir(data_dir: Optional[str]) -> None:
   if data_dir and '://' not in data_dir and os.path.exists(data_dir) and not os.path.isdir(
       data_dir):

@@ -36,8 +36,6 @@ from mnv3_jax.model import fused
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks import base
 from mnv3_jax.tasks import classification
-# Re-exported: classification's loss and metrics, as they were defined here.
-from mnv3_jax.tasks.classification import EvalMetrics, TrainMetrics, cross_entropy  # pylint: disable=unused-import
 from mnv3_jax.train import optim
 
 

@@ -23,16 +23,6 @@ SIZE, TRAIN_STEPS, FROZEN_BN_STEPS = 32, 300, 100
 O0 = {'xla_backend_optimization_level': 0}
 
 
-def split_arrays(data_config, split):
-  config = data_config.copy_and_resolve_references()
-  config.eval_split = split
-  batches = list(input_pipeline.eval_iterator(config, global_batch_size=100, process_index=0,
-                                              process_count=1))
-  real = np.concatenate([b['mask'] for b in batches]) > 0
-  return (np.concatenate([b['image'] for b in batches])[real],
-          np.concatenate([b['label'] for b in batches])[real])
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """(QAT model, its variables with trained ranges, data config, held-out images and labels)."""
@@ -42,7 +32,7 @@ def trained(tmp_path_factory):
                             bn_momentum=0.9, dropout_rate=0.0)
   model = QATMobileNetV3.from_model(float_model)
   variables = init_variables(model, jax.random.key(0), (SIZE, SIZE))
-  images, labels = split_arrays(data_config, 'train')
+  images, labels = support.split_arrays(data_config, 'train')
   tx = optax.adam(3e-3)
 
   def step(variables, opt_state, x, y, bn_frozen):
@@ -64,7 +54,7 @@ def trained(tmp_path_factory):
     variables, opt_state = step(variables, opt_state, images[idx], labels[idx],
                                 i >= TRAIN_STEPS - FROZEN_BN_STEPS)
   return (model, jax.tree.map(np.asarray, variables), data_config,
-          split_arrays(data_config, data_config.eval_split))
+          support.split_arrays(data_config, data_config.eval_split))
 
 
 @pytest.fixture(scope='module')

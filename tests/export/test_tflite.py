@@ -45,20 +45,9 @@ def data_config(tmp_path_factory):
   return config
 
 
-def split_arrays(data_config, split):
-  """(images, labels) of a whole split, unaugmented (the eval pipeline), padding dropped."""
-  config = data_config.copy_and_resolve_references()
-  config.eval_split = split
-  batches = list(input_pipeline.eval_iterator(config, global_batch_size=100, process_index=0,
-                                              process_count=1))
-  real = np.concatenate([b['mask'] for b in batches]) > 0
-  return (np.concatenate([b['image'] for b in batches])[real],
-          np.concatenate([b['label'] for b in batches])[real])
-
-
 @pytest.fixture(scope='module')
 def held_out(data_config):
-  return split_arrays(data_config, data_config.eval_split)
+  return support.split_arrays(data_config, data_config.eval_split)
 
 
 @pytest.fixture(scope='module')
@@ -68,7 +57,7 @@ def model_and_variables(data_config):
   train_model = model.clone(bn_momentum=0.9, dropout_rate=0.0)
   variables = jax.jit(lambda rng: model_lib.init_variables(model, rng, (SIZE, SIZE)),
                       compiler_options=O0)(jax.random.key(0))
-  images, labels = split_arrays(data_config, 'train')
+  images, labels = support.split_arrays(data_config, 'train')
   tx = optax.adam(3e-3)
 
   def step(params, stats, opt_state, x, y):

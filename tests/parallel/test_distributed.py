@@ -1,7 +1,6 @@
 """How a process finds its cluster (mnv3_jax/parallel/distributed.py), and the launch/ scripts' commands."""
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnv3_jax.parallel import distributed
+from tests import support
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_STEP = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_NTASKS': '2',
@@ -51,11 +51,6 @@ def test_heartbeat_timeout():
     distributed.heartbeat_timeout(0)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
 
 def test_two_processes_join_one_cluster_from_slurm_variables(tmp_path):
   """srun's environment alone is enough: both processes see 2 x 2 devices and sum across them."""
@@ -70,7 +65,7 @@ def test_two_processes_join_one_cluster_from_slurm_variables(tmp_path):
             'print(cluster.method, jax.process_index(), jax.process_count(), jax.device_count(),'
             ' float(total))\n')
   env = {k: v for k, v in os.environ.items() if not k.startswith(('MNV3_', 'SLURM_'))}
-  env.update(SLURM_STEP, JAX_COORDINATOR_PORT=str(_free_port()), JAX_PLATFORMS='cpu',
+  env.update(SLURM_STEP, JAX_COORDINATOR_PORT=str(support.free_port()), JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   procs = [subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, text=True,
                             env={**env, 'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i)},

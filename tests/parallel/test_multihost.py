@@ -5,14 +5,10 @@ see conftest.py).
 The processes use this session's compilation cache, but on CPU only process 0 can hit it: jax
 keys entries by a device topology that differs per process, and only process 0 writes.
 """
-import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -24,9 +20,9 @@ from mnv3_jax.parallel import sharding
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 from mnv3_jax.model import MobileNetV3
-from tests.support import main_flags, steps_per_epoch, tiny_config
+from tests import support
+from tests.support import steps_per_epoch, tiny_config
 
-ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 3
 EVAL_SPLIT = 'test[:37]'   # 37 examples: shards of 19 and 18, both padded to 3 batches of 8
 
@@ -38,36 +34,6 @@ def data_dir(digits_dir):
 
 def pod_config(data_dir, **overrides):
   return tiny_config(data_dir, **{'data.eval_split': EVAL_SPLIT, **overrides})
-
-
-def pod_env() -> dict:
-  """This process's environment (with conftest.py's XLA flags and compilation cache) for main.py."""
-  return dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL='2')
-
-
-@contextlib.contextmanager
-def running_pod(config, workdir, log_dir, flags=None, **env):
-  """launch/local.sh: 2 processes x 4 devices of main.py; whatever of it still runs at the end
-  (the launcher and its workers: one process group) is killed. flags: main.py's config flags
-  (default: `main_flags(config)`, a classification run); env: extra environment."""
-  pod = subprocess.Popen(
-      ['bash', str(ROOT / 'launch' / 'local.sh'), '-n', '2', '-d', '4', '-l', str(log_dir), '--',
-       *(flags or main_flags(config)), f'--workdir={workdir}'],
-      cwd=ROOT, env={**pod_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      start_new_session=True)
-  try:
-    yield pod
-  finally:
-    try:
-      os.killpg(pod.pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
-    pod.wait()
-
-
-def logs(log_dir) -> str:
-  return '\n'.join(f'===== {p.name}\n{p.read_text()[-4000:]}'
-                   for p in sorted(Path(log_dir).glob('worker_*.log')))
 
 
 def one_process(config):
@@ -111,9 +77,9 @@ def max_diff(a, b) -> float:
 def test_pod_trains_as_one_process_and_hands_over_its_checkpoint(data_dir, tmp_path):
   config = pod_config(data_dir, num_train_steps=NUM_STEPS)
   workdir, log_dir = tmp_path / 'pod', tmp_path / 'logs'
-  with running_pod(config, workdir, log_dir) as pod:
+  with support.running_pod(config, workdir, log_dir) as pod:
     out, _ = pod.communicate(timeout=900)
-  assert pod.returncode == 0, f'{out}\n{logs(log_dir)}'
+  assert pod.returncode == 0, f'{out}\n{support.pod_logs(log_dir)}'
   assert 'JAX process 1 of 2; 4 local / 8 global devices' in (log_dir / 'worker_1.log').read_text()
 
   # Same data, same steps: the pod's weights are those of one process on 8 devices.
@@ -129,7 +95,7 @@ def test_pod_trains_as_one_process_and_hands_over_its_checkpoint(data_dir, tmp_p
   # examples counted once, and it is what one process computes from the same weights.
   found = re.search(r'eval step 3/3  top1 ([\d.]+)%  EMA top1 ([\d.]+)%.*  (\d+) images',
                     (log_dir / 'worker_0.log').read_text())
-  assert found, logs(log_dir)
+  assert found, support.pod_logs(log_dir)
   assert 'eval step' not in (log_dir / 'worker_1.log').read_text()
   mesh, _, _, eval_fn = one_process(config)
   raw, ema = (trainer.evaluate(eval_fn, state.variables(ema), config.data, config, mesh)
@@ -150,16 +116,16 @@ def _wait_for(pattern, path, process, timeout):
   while time.monotonic() < deadline:
     if path.exists() and re.search(pattern, path.read_text()):
       return
-    assert process.poll() is None, f'the pod exited early:\n{logs(path.parent)}'
+    assert process.poll() is None, f'the pod exited early:\n{support.pod_logs(path.parent)}'
     time.sleep(0.5)
-  raise AssertionError(f'{pattern!r} not in {path} after {timeout} s:\n{logs(path.parent)}')
+  raise AssertionError(f'{pattern!r} not in {path} after {timeout} s:\n{support.pod_logs(path.parent)}')
 
 
 def test_a_lost_process_stops_the_others_with_its_name(data_dir, tmp_path):
   config = pod_config(data_dir, num_train_steps=10_000)
   log_dir = tmp_path / 'logs'
   # 15 s instead of the default 30 s without heartbeats: the test waits for it.
-  with running_pod(config, tmp_path / 'pod', log_dir, MNV3_HEARTBEAT_TIMEOUT_S='15') as pod:
+  with support.running_pod(config, tmp_path / 'pod', log_dir, MNV3_HEARTBEAT_TIMEOUT_S='15') as pod:
     launched = pod.stdout.readline() + pod.stdout.readline()   # 'worker <i>: pid <pid>, ...'
     pids = dict(re.findall(r'worker (\d): pid (\d+)', launched))
     # Process 0 (compiled programs in the cache) trains, i.e. waits for process 1 in a collective.
@@ -169,7 +135,7 @@ def test_a_lost_process_stops_the_others_with_its_name(data_dir, tmp_path):
     out, _ = pod.communicate(timeout=120)
     stopped = time.monotonic() - killed
   survivor = (log_dir / 'worker_0.log').read_text()
-  assert re.search(r'worker 0: exit status [1-9]', out), f'{out}\n{logs(log_dir)}'
+  assert re.search(r'worker 0: exit status [1-9]', out), f'{out}\n{support.pod_logs(log_dir)}'
   assert stopped < 60, f'the survivor took {stopped:.0f} s to stop'
-  assert re.search(r'unhealthy \(stopped sending heartbeats\):\s*1\b', survivor), logs(log_dir)
+  assert re.search(r'unhealthy \(stopped sending heartbeats\):\s*1\b', survivor), support.pod_logs(log_dir)
   assert 'in _train_loop' in survivor   # it was stopped in the train loop (Python's stack dump)

@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from mnv3_jax.parallel import sharding
+from mnv3_jax.tasks import classification
 from mnv3_jax.train import steps
 from mnv3_jax.train import trainer
 from mnv3_jax.train import preflight
@@ -41,7 +42,7 @@ def test_per_device_bn_step_equals_each_shard_on_its_own(tmp_path):
       logits, updates = model.apply({'params': p, 'batch_stats': batch_stats}, shard['image'],
                                     train=True, mutable=['batch_stats'],
                                     rngs={'dropout': dropout_rng})
-      loss = steps.cross_entropy(logits, shard['label'], config.label_smoothing).mean()
+      loss = classification.cross_entropy(logits, shard['label'], config.label_smoothing).mean()
       return loss, updates['batch_stats']
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

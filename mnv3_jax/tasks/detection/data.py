@@ -137,9 +137,8 @@ def augment_example(image, bbox, labels, cfg, seed):
                                    cfg.crop_trials)
   image, boxes, labels = augment.crop(image, boxes, labels, window)
   if cfg.random_flip:
-    flipped = augment.flip(image, boxes)
     image, boxes = tf.cond(tf.random.stateless_uniform([], flip_seed) < 0.5,
-                           lambda: flipped, lambda: (image, boxes))
+                           lambda: augment.flip(image, boxes), lambda: (image, boxes))
   image, boxes = augment.resize(image, boxes, cfg.image_size)
   sizes = boxes[:, 2:] - boxes[:, :2]
   keep = tf.reduce_all(sizes >= 1.0, axis=1)

@@ -22,12 +22,10 @@ fresh. Quantization-aware training and label smoothing are classification's (ref
 import functools
 from typing import List, Optional, Tuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metrics as clu_metrics
 from etils import epath
 
 from mnv3_jax import config_fields as cf
@@ -60,25 +58,18 @@ FIELDS = (
 )
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output('loss')
-  bbox_regression: clu_metrics.Average.from_output('bbox_regression')
-  classification: clu_metrics.Average.from_output('classification')
-  learning_rate: clu_metrics.LastValue.from_output('learning_rate')
-  grad_norm: clu_metrics.Average.from_output('grad_norm')
-  update_norm: clu_metrics.Average.from_output('update_norm')
-  param_norm: clu_metrics.LastValue.from_output('param_norm')
+TrainMetrics = base.train_metrics('bbox_regression', 'classification')
 
 
 class _CocoAccumulator(base.EvalAccumulator):
-  """`evaluation.DetectionEvaluator` over the eval outputs ({'detections', batch keys})."""
+  """`evaluation.DetectionEvaluator` of the eval steps' detections and their batches' ground
+  truth (gathered from the sharded batch on the host, not through the jitted step)."""
 
   def __init__(self, input_size: Tuple[int, int]):
     self._evaluator = evaluation.DetectionEvaluator(input_size)
 
-  def add(self, outputs) -> None:
-    self._evaluator.update(outputs['detections'], outputs['batch'])
+  def add(self, outputs, batch) -> None:
+    self._evaluator.update(outputs, batch)
 
   def result(self):
     found = self._evaluator.compute()
@@ -122,7 +113,7 @@ class Detection(base.Task):
     counts = summary.summarize(model, self.input_size)
     backbone = sum(r['params'] for r in counts['layers'] if r['path'].startswith('backbone/'))
     b = model.backbone
-    size = self.config.data.image_size
+    size = self.input_size[0]
     return [f'SSDLite MobileNetV3-{b.variant.capitalize()} {float(b.width)} (reduced tail '
             f'{b.reduced_tail!r}, extra maps {"/".join(map(str, model.extra_widths))}) at '
             f'{size}x{size}, {self.num_classes - 1} classes + background, '
@@ -143,10 +134,9 @@ class Detection(base.Task):
                              score_threshold=s.score_threshold, iou_threshold=s.nms_iou,
                              candidates_per_class=s.candidates_per_class)
 
-  def eval_outputs(self, outputs, batch) -> dict:
-    """{'detections': nms.Detections (N, D, ...), 'batch': the ground truths of the batch}."""
-    return {'detections': self._detect(outputs, batch['image'].shape[1:3]),
-            'batch': {k: batch[k] for k in evaluation.BATCH_KEYS}}
+  def eval_outputs(self, outputs, batch):
+    """The batch's `nms.Detections` (N, D, ...), with config.ssd's post-processing."""
+    return self._detect(outputs, batch['image'].shape[1:3])
 
   def eval_accumulator(self) -> base.EvalAccumulator:
     return _CocoAccumulator(self.input_size)

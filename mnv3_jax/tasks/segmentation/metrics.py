@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-IGNORE_LABEL = 255
+from mnv3_jax import defaults
+
+IGNORE_LABEL = defaults.SEGMENTATION_DATA['ignore_label']   # 255
 
 
 def check_args(labels_shape, predictions_shape, num_classes, ignore_label, mask_shape=None):

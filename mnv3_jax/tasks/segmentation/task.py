@@ -54,14 +54,7 @@ FIELDS = (
 )
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output('loss')
-  pixel_accuracy: clu_metrics.Average.from_output('pixel_accuracy')
-  learning_rate: clu_metrics.LastValue.from_output('learning_rate')
-  grad_norm: clu_metrics.Average.from_output('grad_norm')
-  update_norm: clu_metrics.Average.from_output('update_norm')
-  param_norm: clu_metrics.LastValue.from_output('param_norm')
+TrainMetrics = base.train_metrics('pixel_accuracy')
 
 
 @flax.struct.dataclass

@@ -1,11 +1,6 @@
 """mnv3_jax/tasks/detection/evaluation.py: COCO mAP of sharded, padded eval batches on 1 device,
 8 devices and 2 processes equals coco_eval on the whole unpadded set in original pixels."""
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,9 +8,9 @@ import pytest
 
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks.detection import anchors, coco_eval, evaluation, nms, postprocess
+from tests import support
 from tests.tasks.detection import evaluation_worker as worker
 
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope='module')
@@ -64,30 +59,10 @@ def test_eight_devices_equal_coco_eval_on_the_whole_set(reference):
   assert_same(worker.evaluate(batches, mesh), reference)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
 
 def test_two_processes_equal_coco_eval_on_the_whole_set(tmp_path, reference):
   out = tmp_path / 'stats.json'
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
-           if 'xla_force_host_platform_device_count' not in f]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=4']))
-  port = str(_free_port())
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.tasks.detection.evaluation_worker', port, str(i), str(out)],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], logs
-  assert 'process 1 of 2 devices 4 8' in logs[1], logs
+  support.run_two_processes('tests.tasks.detection.evaluation_worker', str(out))
   assert_same(json.loads(out.read_text()), reference)
 
 

@@ -1,19 +1,18 @@
-"""Detection through the trainer (mnv3_jax/tasks/detection/task.py): the loss per device, 8 devices
-= 1 device, bit-identical resume, the eval AP against COCOeval of the same weights and data, the
-picture, init_from a classifier, preflight names."""
+"""Detection through the trainer (mnv3_jax/tasks/detection/task.py): 8 devices = 1 device,
+bit-identical resume, the eval AP against COCOeval of the eval step's detections, the picture,
+init_from a classifier, preflight names, and a 2-process pod's AP over both hosts' images."""
+import re
+
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from configs import det_demo, detection
 from mnv3_jax.interop import pretrained
 from mnv3_jax.parallel import sharding
-from mnv3_jax.tasks import registry
 from mnv3_jax.tasks.detection import coco_eval, data
-from mnv3_jax.train import preflight, trainer
+from mnv3_jax.train import evaluation, preflight, trainer
 from tests import support
-from tests.tasks.detection.test_train_step import random_batch
 
 
 def tiny(data_dir, **overrides):
@@ -30,22 +29,6 @@ def tiny(data_dir, **overrides):
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 3
   return support.set_fields(c, overrides)
-
-
-def test_per_device_loss_averages_to_the_global_batch_loss(det_shapes_dir):
-  """bn_stats='per_device': each shard's loss is normalised by the global matched count, so the
-  mean over devices is the global batch's loss (shards hold different numbers of boxes)."""
-  task = registry.get(tiny(det_shapes_dir))
-  outputs, batch = random_batch()
-  loss, values = task.loss_and_metrics(outputs, batch, None)
-  mesh = sharding.make_mesh(jax.devices()[:8])
-  per_device = jax.jit(jax.shard_map(
-      lambda o, b: jax.lax.pmean(task.loss_and_metrics(o, b, 'data'), 'data'), mesh=mesh,
-      in_specs=(P('data'), P('data')), out_specs=P(), check_vma=False))
-  got, got_values = per_device(outputs, batch)
-  np.testing.assert_allclose(got, loss, rtol=1e-5)
-  for key in ('bbox_regression', 'classification'):
-    np.testing.assert_allclose(got_values[key], values[key], rtol=1e-5)
 
 
 def _train_batch(config):
@@ -83,7 +66,7 @@ def test_eval_ap_equals_cocoeval_of_the_eval_steps_detections_and_writes_the_pic
                                   process_count=1):
     keep = batch['mask'] > 0
     outputs = eval_fn(state.variables(ema=True), sharding.to_global(batch, mesh))
-    boxes, scores, labels, valid = (np.asarray(d)[keep] for d in outputs['detections'])
+    boxes, scores, labels, valid = (np.asarray(d)[keep] for d in outputs)
     assert boxes.shape[1] == 50 and (scores[valid] > 0.01).all()     # config.ssd's
     scale = np.tile(batch['image_size'][keep][:, ::-1] / 64.0, 2)[:, None]   # to original pixels
     found.append([boxes * scale, scores, labels, valid])
@@ -141,3 +124,27 @@ def test_the_demo_config_passes_preflight_and_names_its_model(det_shapes_dir, tm
   coco = detection.get_config('dataset=coco/2017,variant=small,tail=official')
   assert (coco.data.image_size, coco.model.reduced_tail, coco.model.variant) == (
       320, 'official', 'small')
+
+
+def test_pod_ap_is_the_ap_of_every_eval_image_of_both_hosts(det_shapes_dir, tmp_path):
+  """launch/local.sh's 2 processes x 4 devices: the AP process 0 reports is that of every eval
+  image of both hosts, equal to what one process computes from the pod's weights."""
+  # 37 eval images: shards of 19 and 18, padded to 3 batches of 8 per process.
+  config = tiny(det_shapes_dir, num_train_steps=3, **{'data.eval_split': 'test[:37]'})
+  workdir, log_dir = tmp_path / 'pod', tmp_path / 'logs'
+  with support.running_pod(config, workdir, log_dir,
+                           flags=support.main_flags(config, det_demo)) as pod:
+    out, _ = pod.communicate(timeout=900)
+  assert pod.returncode == 0, f'{out}\n{support.pod_logs(log_dir)}'
+  found = re.search(r'eval step 3/3  AP ([\d.]+)%  EMA AP ([\d.]+)%.*  (\d+) images',
+                    (log_dir / 'worker_0.log').read_text())
+  assert found, support.pod_logs(log_dir)
+  assert 'eval step' not in (log_dir / 'worker_1.log').read_text()
+
+  state = support.restore_task_state(config, workdir)
+  mesh = sharding.make_mesh()
+  task, _, (_, _, eval_fn) = support.task_steps(config, mesh)
+  one = evaluation.evaluate_state(eval_fn, None, task, state, config, mesh)
+  assert one['eval_count'] == one['ema_count'] == 37
+  assert one['ema_AP50'] > 0      # some true positives: the comparison can fail
+  assert found.groups() == (f"{100 * one['eval_AP']:.1f}", f"{100 * one['ema_AP']:.1f}", '37')

@@ -1,5 +1,6 @@
 """mnv3_jax/tasks/detection/train_step.py: the loss and detections jitted over a batch sharded on 8
-devices equal 1 device; plain optax training of a tiny SSDLite on det_shapes learns to detect."""
+devices equal 1 device, the per-device loss (shard_map) averages to the global one; plain optax
+training of a tiny SSDLite on det_shapes learns to detect."""
 import functools
 import time
 
@@ -8,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
+from configs import det_demo
 from mnv3_jax.model.backbone import MobileNetV3Backbone
 from mnv3_jax.parallel import sharding
+from mnv3_jax.tasks import registry
 from mnv3_jax.tasks.detection import anchors, data, evaluation, ssdlite, train_step
 
 SIZE = (64, 64)
@@ -38,6 +42,22 @@ def on_mesh(fn, mesh, *args):
   shard = lambda tree: jax.tree.map(
       lambda x: jax.device_put(x, sharding.batch_sharded(mesh)), tree)
   return jax.jit(fn)(*(shard(a) for a in args))
+
+
+def test_per_device_loss_averages_to_the_global_batch_loss():
+  """bn_stats='per_device': each shard's loss is normalised by the global matched count, so the
+  mean over devices is the global batch's loss (shards hold different numbers of boxes)."""
+  task = registry.get(det_demo.demo_config())   # its loss reads config.ssd only
+  outputs, batch = random_batch()
+  loss, values = task.loss_and_metrics(outputs, batch, None)
+  mesh = sharding.make_mesh(jax.devices()[:8])
+  per_device = jax.jit(jax.shard_map(
+      lambda o, b: jax.lax.pmean(task.loss_and_metrics(o, b, 'data'), 'data'), mesh=mesh,
+      in_specs=(P('data'), P('data')), out_specs=P(), check_vma=False))
+  got, got_values = per_device(outputs, batch)
+  np.testing.assert_allclose(got, loss, rtol=1e-5)
+  for key in ('bbox_regression', 'classification'):
+    np.testing.assert_allclose(got_values[key], values[key], rtol=1e-5)
 
 
 def test_loss_and_detections_on_eight_devices_equal_one_device():

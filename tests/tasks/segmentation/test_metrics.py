@@ -1,10 +1,5 @@
 """mnv3_jax/tasks/segmentation/metrics.py: exact confusion matrices on 1 device, 8 devices and 2
 processes, the ignore label, the mIoU convention and the 64-bit merge."""
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +8,9 @@ import pytest
 
 from mnv3_jax.parallel import sharding
 from mnv3_jax.tasks.segmentation import metrics
+from tests import support
 from tests.tasks.segmentation import metrics_worker as worker
 
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def reference(labels, predictions, num_classes, ignore, mask=None):
@@ -72,30 +67,10 @@ def test_eight_devices_match_numpy():
       got, reference(labels, predictions, worker.NUM_CLASSES, worker.IGNORE))
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
 
 def test_two_processes_each_counting_its_shard_match_numpy(tmp_path):
   out = tmp_path / 'counts.npy'
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
-           if 'xla_force_host_platform_device_count' not in f]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=4']))
-  port = str(_free_port())
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.tasks.segmentation.metrics_worker', port, str(i), str(out)],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], logs
-  assert 'process 1 of 2 devices 4 8' in logs[1], logs
+  support.run_two_processes('tests.tasks.segmentation.metrics_worker', str(out))
   labels, predictions = worker.dataset()
   np.testing.assert_array_equal(
       np.load(out), reference(labels, predictions, worker.NUM_CLASSES, worker.IGNORE))
