@@ -15,9 +15,9 @@ import pytest
 from configs import demo
 from mnv3_jax.compress.qat_layers import Phase
 from mnv3_jax.compress.qat_model import QATMobileNetV3, init_variables
-from mnv3_jax.data import input_pipeline
 from mnv3_jax.export import benchmark, tflite
 from mnv3_jax.model import MobileNetV3
+from tests import support
 
 SIZE, TRAIN_STEPS, FROZEN_BN_STEPS = 32, 300, 100
 O0 = {'xla_backend_optimization_level': 0}

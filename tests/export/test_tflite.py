@@ -26,6 +26,7 @@ from mnv3_jax.data import input_pipeline
 from mnv3_jax.interop import pretrained
 from mnv3_jax.train import steps
 from mnv3_jax import model as model_lib
+from tests import support
 
 SIZE = 32
 # LLVM's -O0 halves XLA's CPU compile time, most of these tests' Flax time; the HLO is the same.
